@@ -1,0 +1,96 @@
+"""The in-memory broker: a counter, a bounded ring of history, and a set of local sinks."""
+
+from __future__ import annotations
+
+import secrets
+from collections import deque
+from collections.abc import Sequence
+from itertools import islice
+
+from control_room.broker.base import Batch, Entry, HistoryGone, Sink
+from control_room.models import Change, Position, SessionDelta
+
+
+def new_epoch() -> str:
+    """A fresh, opaque name for a new unbroken history."""
+    return secrets.token_hex(6)
+
+
+class MemoryBroker:
+    """Single-process broker; history survives as long as the process (a ring of `size`)."""
+
+    def __init__(self, history_size: int, start: Position | None = None) -> None:
+        self._position = start or Position(new_epoch(), 0)
+        self._ring: deque[Entry] = deque(maxlen=history_size)
+        self._sinks: list[Sink] = []
+
+    @property
+    def position(self) -> Position:
+        """The epoch and the seq of the last published delta."""
+        return self._position
+
+    @property
+    def oldest_seq(self) -> int:
+        """The seq before which history is lost (replay can start from `oldest_seq - 1`)."""
+        return self._ring[0].seq if self._ring else self._position.seq + 1
+
+    def reset(self, start: Position) -> None:
+        """Adopt a position loaded from a store; memory history before it is dropped."""
+        self._position = start
+        self._ring.clear()
+
+    def stamp(self, changes: Sequence[Change], timestamp: str) -> list[SessionDelta]:
+        """Number changes from the current position, without publishing them."""
+        seq = self._position.seq
+        return [
+            SessionDelta(
+                type=c.type,
+                sessionId=c.sessionId,
+                before=c.before,
+                after=c.after,
+                timestamp=timestamp,
+                seq=seq + i,
+            )
+            for i, c in enumerate(changes, start=1)
+        ]
+
+    def publish(self, batch: Batch) -> None:
+        """Append to history and deliver to every sink, in one synchronous step."""
+        if not batch.entries:
+            return
+        if batch.first_seq != self._position.seq + 1:
+            raise ValueError(f"seq {batch.first_seq} does not follow {self._position.seq}")
+        self._ring.extend(batch.entries)
+        self._position = Position(self._position.epoch, batch.last_seq)
+        for sink in self._sinks:
+            sink.deliver(batch)
+
+    def add_sink(self, sink: Sink) -> None:
+        """Deliver every later batch to `sink`."""
+        self._sinks.append(sink)
+
+    def remove_sink(self, sink: Sink) -> None:
+        """Stop delivering to `sink`."""
+        if sink in self._sinks:
+            self._sinks.remove(sink)
+
+    def history_now(
+        self, since: int, limit: int | None = None, session_id: str | None = None
+    ) -> list[Entry]:
+        """Entries after `since`, synchronously (a consistent read with no await)."""
+        if since > self._position.seq:
+            raise ValueError(f"since={since} is ahead of the stream (seq {self._position.seq})")
+        if since < self.oldest_seq - 1:
+            raise HistoryGone("history_expired", self.oldest_seq)
+        # The ring holds consecutive seqs, so the start is found by arithmetic, not search.
+        start = since - self.oldest_seq + 1 if self._ring else 0
+        entries: Sequence[Entry] = list(islice(self._ring, max(start, 0), None))
+        if session_id is not None:
+            entries = [e for e in entries if e.session_id == session_id]
+        return list(entries[:limit]) if limit is not None else list(entries)
+
+    async def history(
+        self, since: int, limit: int | None = None, session_id: str | None = None
+    ) -> list[Entry]:
+        """Entries after `since`, oldest first; HistoryGone when `since` is no longer kept."""
+        return self.history_now(since, limit, session_id)

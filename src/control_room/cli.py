@@ -1,0 +1,171 @@
+"""The `control-room` command: serve, demo, simulate, watch, sessions."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import importlib
+import os
+import secrets
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Final
+
+from control_room import config
+from control_room import logging as logs
+from control_room.app import Service
+
+EXIT_CONFIG: Final = 2
+DEMO_POLL_INTERVAL_S: Final = 1.0  # the demo should feel live; real accounts keep 5 s
+DEMO_TICK_S: Final = 2.0  # the simulated sessions move every couple of seconds
+
+log = logs.get("cli")
+
+
+def _run(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """Run `main` until it returns or SIGTERM/SIGINT asks it to stop (via the event)."""
+
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await main(stop)
+
+    try:
+        import uvloop  # optional: faster event loop on Linux
+
+        uvloop.run(runner())
+    except ImportError:
+        asyncio.run(runner())
+
+
+async def _serve_until(service: Service, stop: asyncio.Event) -> None:
+    await service.start()
+    try:
+        await stop.wait()
+    finally:
+        await service.stop()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve against the upstream named by the environment."""
+    settings = config.load()
+    logs.configure(settings.log_level, settings.log_format)
+    _run(lambda stop: _serve_until(Service(settings), stop))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Serve against an embedded simulator, with a generated token, and say how to connect."""
+    from control_room.jules.simulator import Simulator, SimulatorServer
+
+    env = dict(os.environ)
+    env.setdefault("LOCAL_TOKEN", secrets.token_urlsafe(24))
+    env.setdefault("LOG_FORMAT", "console")
+    env.setdefault("POLL_INTERVAL_MS", str(int(DEMO_POLL_INTERVAL_S * 1000)))
+    env["JULES_API_KEY"] = api_key = secrets.token_urlsafe(16)
+    settings = config.load(env)
+    logs.configure(settings.log_level, settings.log_format)
+    seed = args.seed if args.seed is not None else secrets.randbelow(1_000_000)
+
+    async def main(stop: asyncio.Event) -> None:
+        sim = Simulator(seed)
+        for _ in range(6):  # start with a few sessions so the page is not empty
+            sim.tick()
+        async with SimulatorServer(sim, api_key, tick_interval=args.tick) as upstream:
+            service = Service(dataclasses.replace(settings, jules_api_base=upstream.base_url))
+            await service.start()
+            token = settings.local_token
+            print(
+                f"\n  Jules Control Room demo (simulated Jules API, seed {seed})\n"
+                f"  Dashboard : {service.url}/#token={token}\n"
+                f"  WebSocket : {service.ws_url}  (Sec-WebSocket-Protocol: bearer.{token})\n"
+                f"  Token     : {token}\n"
+                f"  Watch     : .venv/bin/control-room watch --url {service.url} --token {token}\n"
+                f"  Stop with Ctrl-C.\n",
+                flush=True,
+            )
+            try:
+                await stop.wait()
+            finally:
+                await service.stop()
+
+    _run(main)
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    """Run the simulated Jules API alone, on its own port."""
+    from control_room.jules.simulator import serve_simulator
+
+    logs.configure("info", "console")
+    key = args.api_key or os.environ.get("JULES_API_KEY") or ""
+    if not key:
+        print("control-room simulate: --api-key or JULES_API_KEY is required", file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"Simulated Jules API on http://{args.host}:{args.port}/v1alpha", flush=True)
+
+    async def main(stop: asyncio.Event) -> None:
+        task = asyncio.create_task(
+            serve_simulator(args.host, args.port, key, args.seed or 0, args.tick)
+        )
+        await stop.wait()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    _run(main)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every sub-command."""
+    parser = argparse.ArgumentParser(
+        prog="control-room", description="Live deltas of your Jules sessions over WebSocket."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="serve against the Jules API (configured by env)")
+    serve.set_defaults(func=cmd_serve)
+    demo = sub.add_parser("demo", help="serve against an embedded simulated Jules API")
+    demo.add_argument("--seed", type=int, default=None, help="simulator seed (random if unset)")
+    demo.add_argument("--tick", type=float, default=DEMO_TICK_S, help="seconds per life step")
+    demo.set_defaults(func=cmd_demo)
+    sim = sub.add_parser("simulate", help="run the simulated Jules API alone")
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=3002)
+    sim.add_argument("--api-key", default=None, help="key clients must send (or JULES_API_KEY)")
+    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--tick", type=float, default=DEMO_TICK_S)
+    sim.set_defaults(func=cmd_simulate)
+    _add_client_commands(sub)
+    return parser
+
+
+def _add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`watch` and `sessions` live in their own module; absent, they are simply not offered."""
+    try:
+        watch = importlib.import_module("control_room.watch")
+    except ImportError:
+        return
+    watch.add_commands(sub)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; exit code 2 with one line for a configuration problem."""
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except config.ConfigError as exc:
+        print(f"control-room: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return 0
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""Settings from the environment (and a `.env` file); validation only, no side effects."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+from urllib.parse import urlsplit
+
+DEFAULT_PORT: Final = 3001
+DEFAULT_JULES_API_BASE: Final = "https://jules.googleapis.com/v1alpha"
+DEFAULT_POLL_INTERVAL_MS: Final = 5_000  # the seed's period: fresh enough, gentle on quota
+DEFAULT_HEARTBEAT_INTERVAL_MS: Final = 30_000  # the seed's period; proxies idle out at ~60 s
+DEFAULT_MAX_BUFFER_BYTES: Final = 1_048_576  # the seed's 1 MiB, also Centrifugo's default
+DEFAULT_HISTORY_SIZE: Final = 10_000  # ~10 MB of typical deltas; hours of a busy account
+DEFAULT_DELTA_RETENTION_S: Final = 7 * 24 * 3600  # a week: covers a laptop closed over a weekend
+DEFAULT_NOTIFY_TIMEOUT_MS: Final = 10_000  # a receiver slower than this is as good as down
+DEFAULT_NOTIFY_MAX_AGE_S: Final = 24 * 3600  # a day of retries, then the delta is given up
+DEFAULT_NOTIFY_QUEUE_SIZE: Final = 10_000  # bounded memory when nothing persists the outbox
+LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+LOG_FORMATS: Final = ("json", "console")
+
+
+class ConfigError(ValueError):
+    """A setting is missing or invalid; the message names the variable."""
+
+    def __init__(self, variable: str, problem: str) -> None:
+        super().__init__(f"{variable}: {problem}")
+        self.variable = variable
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Everything the service can be told. Field names mirror the environment variables."""
+
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    local_token: str = field(default="", repr=False)
+    jules_api_key: str = field(default="", repr=False)
+    jules_api_base: str = DEFAULT_JULES_API_BASE
+    poll_interval: float = DEFAULT_POLL_INTERVAL_MS / 1000
+    heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL_MS / 1000
+    max_buffer_bytes: int = DEFAULT_MAX_BUFFER_BYTES
+    log_level: str = "info"
+    log_format: str = "json"
+    persist: bool = False
+    data_dir: Path = Path("data")
+    database_url: str = field(default="", repr=False)
+    history_size: int = DEFAULT_HISTORY_SIZE
+    delta_retention: float = DEFAULT_DELTA_RETENTION_S
+    notify_webhooks: tuple[str, ...] = ()
+    notify_webhook_secret: str = field(default="", repr=False)
+    notify_timeout: float = DEFAULT_NOTIFY_TIMEOUT_MS / 1000
+    notify_max_age: float = DEFAULT_NOTIFY_MAX_AGE_S
+    notify_queue_size: int = DEFAULT_NOTIFY_QUEUE_SIZE
+    metrics_public: bool = False
+
+
+def read_dotenv(path: Path) -> dict[str, str]:
+    """Parse a `.env` file: `KEY=value` lines, `#` comments, optional quotes and `export`."""
+    values: dict[str, str] = {}
+    if not path.is_file():
+        return values
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.partition("=")
+        key = key.removeprefix("export ").strip()
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        values[key] = value
+    return values
+
+
+def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 1) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(name, f"expected an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(name, f"must be at least {minimum}, got {value}")
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise ConfigError(name, f"expected 1/0 or true/false, got {raw!r}")
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    raw = env.get(name, "").strip().lower() or default
+    if raw not in choices:
+        raise ConfigError(name, f"expected one of {', '.join(choices)}, got {raw!r}")
+    return raw
+
+
+def _http_url(name: str, raw: str) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(name, f"expected an http(s) URL, got {raw!r}")
+    return raw.rstrip("/")
+
+
+def _duration(env: Mapping[str, str], name: str, default: float) -> float:
+    """Seconds from `90`, `90s`, `15m`, `12h` or `7d`."""
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = (raw[:-1], raw[-1]) if raw[-1] in units else (raw, "s")
+    try:
+        value = float(number) * units[unit]
+    except ValueError:
+        raise ConfigError(
+            name, f"expected a duration like 90s, 15m, 12h or 7d, got {raw!r}"
+        ) from None
+    if value <= 0:
+        raise ConfigError(name, f"must be positive, got {raw!r}")
+    return value
+
+
+def load(
+    environ: Mapping[str, str] | None = None,
+    *,
+    dotenv: Path | None = Path(".env"),
+    require_upstream: bool = True,
+) -> Settings:
+    """Build settings from the environment over a `.env` file; raise ConfigError if invalid."""
+    env: dict[str, str] = read_dotenv(dotenv) if dotenv is not None else {}
+    env.update(os.environ if environ is None else environ)
+
+    token = env.get("LOCAL_TOKEN", "")
+    key = env.get("JULES_API_KEY", "")
+    if require_upstream:
+        if not token:
+            raise ConfigError("LOCAL_TOKEN", "required: the bearer token clients must present")
+        if not key:
+            raise ConfigError("JULES_API_KEY", "required: the key sent as X-Goog-Api-Key")
+    webhooks = tuple(
+        _http_url("NOTIFY_WEBHOOK", url.strip())
+        for url in env.get("NOTIFY_WEBHOOK", "").split(",")
+        if url.strip()
+    )
+    database_url = env.get("DATABASE_URL", "").strip()
+    if database_url and urlsplit(database_url).scheme not in ("postgres", "postgresql"):
+        raise ConfigError("DATABASE_URL", "expected a postgresql:// URL")
+    return Settings(
+        host=env.get("HOST", "").strip() or "127.0.0.1",
+        port=_int(env, "PORT", DEFAULT_PORT, minimum=0),
+        local_token=token,
+        jules_api_key=key,
+        jules_api_base=_http_url(
+            "JULES_API_BASE", env.get("JULES_API_BASE", "").strip() or DEFAULT_JULES_API_BASE
+        ),
+        poll_interval=_int(env, "POLL_INTERVAL_MS", DEFAULT_POLL_INTERVAL_MS, minimum=10) / 1000,
+        heartbeat_interval=_int(
+            env, "HEARTBEAT_INTERVAL_MS", DEFAULT_HEARTBEAT_INTERVAL_MS, minimum=10
+        )
+        / 1000,
+        max_buffer_bytes=_int(env, "MAX_BUFFER_BYTES", DEFAULT_MAX_BUFFER_BYTES, minimum=1024),
+        log_level=_choice(env, "LOG_LEVEL", "info", LOG_LEVELS),
+        log_format=_choice(env, "LOG_FORMAT", "json", LOG_FORMATS),
+        persist=_bool(env, "PERSIST"),
+        data_dir=Path(env.get("DATA_DIR", "").strip() or "data"),
+        database_url=database_url,
+        history_size=_int(env, "HISTORY_SIZE", DEFAULT_HISTORY_SIZE),
+        delta_retention=_duration(env, "DELTA_RETENTION", DEFAULT_DELTA_RETENTION_S),
+        notify_webhooks=webhooks,
+        notify_webhook_secret=env.get("NOTIFY_WEBHOOK_SECRET", ""),
+        notify_timeout=_int(env, "NOTIFY_TIMEOUT_MS", DEFAULT_NOTIFY_TIMEOUT_MS) / 1000,
+        notify_max_age=_duration(env, "NOTIFY_MAX_AGE", DEFAULT_NOTIFY_MAX_AGE_S),
+        notify_queue_size=_int(env, "NOTIFY_QUEUE_SIZE", DEFAULT_NOTIFY_QUEUE_SIZE),
+        metrics_public=_bool(env, "METRICS_PUBLIC"),
+    )

@@ -1,0 +1,44 @@
+"""Pure diff of two snapshots into created / updated / deleted changes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from control_room.models import Change, JulesSession
+
+
+def diff(previous: Mapping[str, JulesSession], current: Mapping[str, JulesSession]) -> list[Change]:
+    """Changes that turn `previous` into `current`, keyed by id.
+
+    Order is deterministic: deletions, then creations and updates, each by ascending id.
+    Deletions go first so a client never holds more sessions than either snapshot had.
+    """
+    changes: list[Change] = [
+        Change("deleted", sid, previous[sid], None)
+        for sid in sorted(previous.keys() - current.keys())
+    ]
+    touched: list[Change] = []
+    for sid, after in current.items():
+        before = previous.get(sid)
+        if before is None:
+            touched.append(Change("created", sid, None, after))
+        elif before is not after and before != after:
+            touched.append(Change("updated", sid, before, after))
+    touched.sort(key=_by_id)
+    changes.extend(touched)
+    return changes
+
+
+def _by_id(change: Change) -> str:
+    return change.sessionId
+
+
+def apply(snapshot: Mapping[str, JulesSession], changes: list[Change]) -> dict[str, JulesSession]:
+    """Apply changes to a snapshot (what a client does); the inverse of `diff`."""
+    result = dict(snapshot)
+    for change in changes:
+        if change.after is None:
+            result.pop(change.sessionId, None)
+        else:
+            result[change.sessionId] = change.after
+    return result

@@ -1,0 +1,129 @@
+"""Pure mapping of Jules Sessions to the control room's JulesSession shape."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Final
+
+from control_room.jules.types import Session
+from control_room.models import Approval, JulesSession, PullRequest
+
+GITHUB_PREFIX: Final = "sources/github/"
+SOURCES_PREFIX: Final = "sources/"
+
+PLAN_STATUS: Final[Mapping[str, str]] = {
+    "QUEUED": "pending",
+    "PLANNING": "pending",
+    "AWAITING_PLAN_APPROVAL": "pending",
+    "IN_PROGRESS": "in_progress",
+    "AWAITING_USER_FEEDBACK": "in_progress",
+    "PAUSED": "in_progress",
+    # Older clients report a legacy ACTIVE; it only ever meant "working".
+    "ACTIVE": "in_progress",
+    "COMPLETED": "succeeded",
+    "FAILED": "failed",
+}
+"""Jules state -> the seed's planStatus; anything else (the API is alpha) is `pending`."""
+
+BEFORE_APPROVAL: Final = frozenset(
+    {"STATE_UNSPECIFIED", "QUEUED", "PLANNING", "AWAITING_PLAN_APPROVAL"}
+)
+PAST_APPROVAL: Final = frozenset(
+    {"IN_PROGRESS", "AWAITING_USER_FEEDBACK", "PAUSED", "COMPLETED", "ACTIVE"}
+)
+# FAILED and unknown states say nothing about approval: the previous verdict stands.
+
+PENDING: Final = Approval(state="pending")
+APPROVED_UNSEEN: Final = Approval(state="approved")
+
+
+def repository_of(source: str) -> str:
+    """`sources/github/owner/repo` -> `owner/repo`; other sources keep what follows `sources/`."""
+    if source.startswith(GITHUB_PREFIX):
+        return source[len(GITHUB_PREFIX) :]
+    if source.startswith(SOURCES_PREFIX):
+        return source[len(SOURCES_PREFIX) :]
+    return source
+
+
+def approval_of(session: Session, previous: JulesSession | None) -> Approval:
+    """Approval as seen by this service: `approvedAt` only when it saw the plan move on."""
+    state = session.state
+    if state in BEFORE_APPROVAL:
+        return PENDING
+    if state in PAST_APPROVAL:
+        if previous is None:
+            return APPROVED_UNSEEN
+        if previous.approval.state == "approved":
+            return previous.approval
+        return Approval(state="approved", approvedAt=session.updateTime or None)
+    return previous.approval if previous is not None else PENDING
+
+
+def pull_request_of(session: Session) -> PullRequest | None:
+    """The first pull request among the outputs, if any."""
+    for output in session.outputs:
+        pr = output.pullRequest
+        if pr is not None and pr.url:
+            return PullRequest(url=pr.url, title=pr.title)
+    return None
+
+
+def map_session(session: Session, previous: JulesSession | None = None) -> JulesSession:
+    """Map one Jules Session; `previous` is what this service last showed for the same id."""
+    context = session.sourceContext
+    repo_context = context.githubRepoContext if context is not None else None
+    return JulesSession(
+        id=session.session_id,
+        repository=repository_of(context.source) if context is not None else "",
+        branch=repo_context.startingBranch if repo_context is not None else "",
+        title=session.title,
+        state=session.state,
+        planStatus=PLAN_STATUS.get(session.state, "pending"),
+        approval=approval_of(session, previous),
+        participants=(),
+        createdAt=session.createTime,
+        updatedAt=session.updateTime,
+        url=session.url,
+        pullRequest=pull_request_of(session),
+    )
+
+
+class MappedListing:
+    """A complete upstream listing, mapped; keeps the raw sessions to skip unchanged ones."""
+
+    __slots__ = ("raw", "sessions")
+
+    def __init__(self, raw: dict[str, Session], sessions: dict[str, JulesSession]) -> None:
+        self.raw = raw
+        self.sessions = sessions
+
+    @classmethod
+    def empty(cls) -> MappedListing:
+        """A listing with no sessions (the state before the first poll)."""
+        return cls({}, {})
+
+
+def map_listing(listing: Iterable[Session], previous: MappedListing) -> MappedListing:
+    """Map a complete listing, reusing the previous mapping of every unchanged raw session.
+
+    Comparing raw structs is done in C by msgspec, so a poll where 1 % of 10,000 sessions
+    changed maps 100 sessions, not 10,000. Archived sessions and entries with no id are
+    left out; a repeated id (paging while the list shifts) keeps its first occurrence,
+    which is the newest when the upstream lists newest first.
+    """
+    raw: dict[str, Session] = {}
+    sessions: dict[str, JulesSession] = {}
+    prev_raw = previous.raw
+    prev_sessions = previous.sessions
+    for session in listing:
+        sid = session.session_id
+        if not sid or session.archived or sid in raw:
+            continue
+        raw[sid] = session
+        old = prev_raw.get(sid)
+        if old is not None and old == session:
+            sessions[sid] = prev_sessions[sid]
+        else:
+            sessions[sid] = map_session(session, prev_sessions.get(sid))
+    return MappedListing(raw, sessions)

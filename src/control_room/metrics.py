@@ -1,0 +1,120 @@
+"""Prometheus metrics, one registry per service (so several services can live in one process).
+
+Hot paths touch these once per broadcast or per event, never once per client per message:
+per-client counts are plain integers on the connection, summed here in bulk.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+CLOSE_REASONS: Final = (
+    "normal",
+    "heartbeat_timeout",
+    "backpressure_limit",
+    "message_too_big",
+    "shutdown",
+    "error",
+)
+FAST_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+"""Broadcast and diff take well under a millisecond to tens of milliseconds."""
+SLOW_BUCKETS: Final = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+"""Upstream polls and store writes are network round trips: tens of ms to seconds."""
+
+
+class Metrics:
+    """Every metric the service exports, registered in its own registry."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        p = "control_room_"
+        self.connections_active = Gauge(
+            p + "connections_active", "Open WebSocket connections", registry=r
+        )
+        self.connections_accepted = Counter(
+            p + "connections_accepted", "WebSocket connections accepted", registry=r
+        )
+        self.connections_rejected = Counter(
+            p + "connections_rejected",
+            "WebSocket upgrades refused before the handshake",
+            ["reason"],
+            registry=r,
+        )
+        self.connections_closed = Counter(
+            p + "connections_closed", "WebSocket connections closed", ["reason"], registry=r
+        )
+        self.deltas_published = Counter(
+            p + "deltas_published", "Deltas published", ["type"], registry=r
+        )
+        self.messages_sent = Counter(
+            p + "messages_sent", "WebSocket messages handed to clients", registry=r
+        )
+        self.bytes_sent = Counter(
+            p + "sent_bytes", "WebSocket bytes handed to clients, framing included", registry=r
+        )
+        self.broadcast_duration = Histogram(
+            p + "broadcast_duration_seconds",
+            "Time to hand one poll's deltas to every client",
+            buckets=FAST_BUCKETS,
+            registry=r,
+        )
+        self.payload_size = Histogram(
+            p + "delta_payload_bytes",
+            "Size of one encoded delta",
+            buckets=(256, 512, 1024, 2048, 4096, 8192, 16384, 65536),
+            registry=r,
+        )
+        self.poll_duration = Histogram(
+            p + "poll_duration_seconds",
+            "Time to list every upstream session",
+            buckets=SLOW_BUCKETS,
+            registry=r,
+        )
+        self.poll_failures = Counter(
+            p + "poll_failures", "Upstream listings that failed", ["kind"], registry=r
+        )
+        self.diff_duration = Histogram(
+            p + "diff_duration_seconds",
+            "Time to map and diff one listing",
+            buckets=FAST_BUCKETS,
+            registry=r,
+        )
+        self.deltas_per_poll = Histogram(
+            p + "deltas_per_poll",
+            "Deltas found by one successful poll",
+            buckets=(0, 1, 2, 5, 10, 50, 100, 500, 1000),
+            registry=r,
+        )
+        self.sessions_tracked = Gauge(
+            p + "sessions_tracked", "Sessions in the current snapshot", registry=r
+        )
+        self.heartbeat_pings = Counter(p + "heartbeat_pings", "Pings sent", registry=r)
+        self.store_write_duration = Histogram(
+            p + "store_write_duration_seconds",
+            "Time to persist one poll's deltas",
+            buckets=FAST_BUCKETS,
+            registry=r,
+        )
+        self.store_failures = Counter(p + "store_failures", "Store writes that failed", registry=r)
+        self.replays = Counter(p + "resume", "Resume requests by outcome", ["outcome"], registry=r)
+        self.webhook_deliveries = Counter(
+            p + "webhook_deliveries",
+            "Webhook deliveries by outcome",
+            ["outcome"],
+            registry=r,
+        )
+        self.webhook_retries = Counter(p + "webhook_retries", "Webhook retries", registry=r)
+        self.webhook_queue_depth = Gauge(
+            p + "webhook_queue_depth", "Deliveries waiting, all endpoints", registry=r
+        )
+        self.webhook_oldest_age = Gauge(
+            p + "webhook_oldest_pending_age_seconds",
+            "Age of the oldest delivery still waiting",
+            registry=r,
+        )
+        for reason in CLOSE_REASONS:
+            self.connections_closed.labels(reason)
+        for kind in ("created", "updated", "deleted"):
+            self.deltas_published.labels(kind)

@@ -1,0 +1,1 @@
+"""Durable state: deltas (append-only), the current snapshot, the epoch and the last seq."""

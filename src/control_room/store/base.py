@@ -1,0 +1,46 @@
+"""The store interface, shared by the SQLite and PostgreSQL backends."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from control_room.broker.base import Batch, Entry
+from control_room.models import Position, Snapshot
+
+
+class StoreError(Exception):
+    """The store could not do what was asked (disk full, database down, ...)."""
+
+
+class SchemaTooNew(StoreError):
+    """The database was written by a newer version of this service."""
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """What a store hands back at start-up."""
+
+    position: Position
+    sessions: Snapshot
+
+
+class Store(Protocol):
+    """Persists each poll's deltas and snapshot in one transaction, before clients see them."""
+
+    async def open(self) -> Loaded | None:
+        """Create or migrate the schema; the saved state, or None for a new store."""
+
+    async def save(self, batch: Batch, sessions: Snapshot, position: Position) -> None:
+        """Append the batch and replace the snapshot atomically; raise StoreError on failure."""
+
+    async def history(
+        self, since: int, limit: int | None = None, session_id: str | None = None
+    ) -> list[Entry]:
+        """Entries after `since`, oldest first; HistoryGone when `since` was pruned."""
+
+    async def prune(self, older_than: float, keep_at_most: int) -> int:
+        """Drop deltas older than the timestamp (unix s) or beyond the row cap; how many."""
+
+    async def close(self) -> None:
+        """Release connections."""

@@ -1,0 +1,1 @@
+"""The WebSocket side: handshake and auth, per-connection writing, heartbeat, fan-out."""

@@ -1,0 +1,33 @@
+"""Pure WebSocket framing (RFC 6455) for server-to-client frames: no I/O, no masking."""
+
+from __future__ import annotations
+
+import struct
+from typing import Final
+
+OP_TEXT: Final = 0x1
+OP_CLOSE: Final = 0x8
+OP_PING: Final = 0x9
+FIN: Final = 0x80
+
+PING_FRAME: Final = bytes((FIN | OP_PING, 0))
+"""An empty ping: the same two bytes for every client."""
+
+
+def _header(opcode: int, length: int) -> bytes:
+    if length < 126:
+        return bytes((FIN | opcode, length))
+    if length < 65_536:
+        return struct.pack("!BBH", FIN | opcode, 126, length)
+    return struct.pack("!BBQ", FIN | opcode, 127, length)
+
+
+def text_frame(payload: bytes) -> bytes:
+    """One unfragmented, unmasked text frame carrying `payload` (UTF-8 JSON)."""
+    return _header(OP_TEXT, len(payload)) + payload
+
+
+def close_frame(code: int, reason: str = "") -> bytes:
+    """A close frame with a status code and a short reason (at most 123 bytes, per RFC)."""
+    body = struct.pack("!H", code) + reason.encode()[:123]
+    return _header(OP_CLOSE, len(body)) + body

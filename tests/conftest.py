@@ -1,0 +1,114 @@
+"""Shared fixtures: a real simulated upstream, a real service, real clients, scaled time."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import msgspec
+import pytest
+
+from control_room.app import Service
+from control_room.config import Settings
+from control_room.jules.simulator import Simulator, SimulatorServer
+
+MS = float(os.environ.get("CONTROL_ROOM_TEST_MS", "1")) / 1000
+"""One millisecond of test time; raise CONTROL_ROOM_TEST_MS on a slow machine."""
+
+TOKEN = "test-token.with.dots"
+API_KEY = "sim-key"
+
+
+def settings(**overrides: Any) -> Settings:
+    """Settings for a test service: loopback, ephemeral port, fast timers."""
+    base = Settings(
+        host="127.0.0.1",
+        port=0,
+        local_token=TOKEN,
+        jules_api_key=API_KEY,
+        poll_interval=3600.0,  # tests poll on demand with poll_once(); no timer races
+        heartbeat_interval=3600.0,
+        log_level="debug",
+    )
+    return dataclasses.replace(base, **overrides)
+
+
+@pytest.fixture
+def sim() -> Simulator:
+    """A deterministic simulated Jules account with no sessions yet."""
+    return Simulator(seed=1)
+
+
+@pytest.fixture
+async def upstream(sim: Simulator) -> AsyncIterator[SimulatorServer]:
+    """The simulator served over real HTTP on 127.0.0.1."""
+    async with SimulatorServer(sim, API_KEY) as server:
+        yield server
+
+
+ServiceFactory = Callable[..., Awaitable[Service]]
+
+
+@pytest.fixture
+async def make_service(upstream: SimulatorServer) -> AsyncIterator[ServiceFactory]:
+    """Start services pointed at the simulator; all are stopped at the end of the test."""
+    started: list[Service] = []
+
+    async def make(**overrides: Any) -> Service:
+        overrides.setdefault("jules_api_base", upstream.base_url)
+        service = Service(settings(**overrides))
+        await service.start()
+        started.append(service)
+        return service
+
+    yield make
+    for service in started:
+        await service.stop()
+
+
+@pytest.fixture
+async def service(make_service: ServiceFactory) -> Service:
+    """A running service whose baseline poll is done."""
+    svc = await make_service()
+    assert svc.poller is not None
+    await svc.poller.poll_once()
+    return svc
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """A real HTTP/WebSocket client."""
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def connect(
+    http: aiohttp.ClientSession, service: Service, query: str = "", **kwargs: Any
+) -> aiohttp.ClientWebSocketResponse:
+    """Open an authenticated WebSocket the way a browser does (token as a subprotocol)."""
+    kwargs.setdefault("protocols", (f"bearer.{TOKEN}",))
+    kwargs.setdefault("autoping", True)
+    return await http.ws_connect(service.ws_url + query, **kwargs)
+
+
+async def receive_json(ws: aiohttp.ClientWebSocketResponse, timeout: float = 2000 * MS) -> Any:
+    """The next text message, decoded."""
+    msg = await asyncio.wait_for(ws.receive(), timeout)
+    assert msg.type is aiohttp.WSMsgType.TEXT, msg
+    return msgspec.json.decode(msg.data)
+
+
+async def receive_n(ws: aiohttp.ClientWebSocketResponse, n: int) -> list[Any]:
+    """The next `n` messages, decoded."""
+    return [await receive_json(ws) for _ in range(n)]
+
+
+async def nothing_more(ws: aiohttp.ClientWebSocketResponse, wait: float = 100 * MS) -> None:
+    """Assert no message arrives within `wait`."""
+    with pytest.raises(TimeoutError):
+        msg = await asyncio.wait_for(ws.receive(), wait)
+        pytest.fail(f"unexpected message {msg!r}")
