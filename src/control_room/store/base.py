@@ -42,5 +42,11 @@ class Store(Protocol):
     async def prune(self, older_than: float, keep_at_most: int) -> int:
         """Drop deltas older than the timestamp (unix s) or beyond the row cap; how many."""
 
+    async def webhook_cursor(self, endpoint: str) -> int | None:
+        """The seq of the last delta delivered (or given up) to `endpoint`; None if new."""
+
+    async def set_webhook_cursor(self, endpoint: str, seq: int) -> None:
+        """Record that every delta up to `seq` is done with for `endpoint`."""
+
     async def close(self) -> None:
         """Release connections."""
