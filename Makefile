@@ -6,10 +6,11 @@ PYTHON ?= python3
 
 .PHONY: setup demo test lint typecheck unit bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml tests/node/package-lock.json
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev,fast]'
+	cd tests/node && npm ci --silent --no-audit --no-fund
 	touch $(STAMP)
 
 setup: $(STAMP)

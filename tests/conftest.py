@@ -14,10 +14,16 @@ import pytest
 
 from control_room.app import Service
 from control_room.config import Settings
+from control_room.jules.client import RequestPolicy
 from control_room.jules.simulator import Simulator, SimulatorServer
 
 MS = float(os.environ.get("CONTROL_ROOM_TEST_MS", "1")) / 1000
 """One millisecond of test time; raise CONTROL_ROOM_TEST_MS on a slow machine."""
+
+FAST_RETRY = RequestPolicy(
+    timeout=300 * MS, attempts=3, base=5 * MS, cap=20 * MS, retry_after_max=200 * MS
+)
+"""In-poll retries on the test clock: three quick tries, a long Retry-After left to the poller."""
 
 TOKEN = "test-token.with.dots"
 API_KEY = "sim-key"
@@ -60,9 +66,16 @@ async def make_service(upstream: SimulatorServer) -> AsyncIterator[ServiceFactor
 
     async def make(**overrides: Any) -> Service:
         overrides.setdefault("jules_api_base", upstream.base_url)
-        service = Service(settings(**overrides))
+        service = Service(settings(**overrides), retry=FAST_RETRY)
         await service.start()
         started.append(service)
+        # The poller's first poll runs at start; let it finish so tests then poll on demand
+        # (the interval is an hour) and count requests without a background poll in between.
+        assert service.poller is not None
+        for _ in range(1000):
+            if service.poller.attempts:
+                break
+            await asyncio.sleep(MS)
         return service
 
     yield make
@@ -74,8 +87,7 @@ async def make_service(upstream: SimulatorServer) -> AsyncIterator[ServiceFactor
 async def service(make_service: ServiceFactory) -> Service:
     """A running service whose baseline poll is done."""
     svc = await make_service()
-    assert svc.poller is not None
-    await svc.poller.poll_once()
+    assert svc.poller is not None and svc.poller.ready
     return svc
 
 

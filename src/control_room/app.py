@@ -16,7 +16,7 @@ from control_room import logging as logs
 from control_room.api import Api
 from control_room.broker.memory import MemoryBroker
 from control_room.config import Settings
-from control_room.jules.client import JulesClient
+from control_room.jules.client import JulesClient, RequestPolicy
 from control_room.metrics import Metrics
 from control_room.poller import Poller, Upstream
 from control_room.ws.handler import WebSocketEndpoint, json_error
@@ -47,13 +47,20 @@ async def json_errors(
 class Service:
     """The control room: poller, broker, hub, endpoints; `start` binds, `stop` says goodbye."""
 
-    def __init__(self, settings: Settings, *, upstream: Upstream | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        upstream: Upstream | None = None,
+        retry: RequestPolicy | None = None,
+    ) -> None:
         self.settings = settings
         self.metrics = Metrics()
         self.broker = MemoryBroker(settings.history_size)
         self.hub = Hub(self.metrics, max_buffer_bytes=settings.max_buffer_bytes)
         self.broker.add_sink(self.hub)
         self._upstream = upstream
+        self._retry = retry
         self._http: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -78,7 +85,7 @@ class Service:
             self._http = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=UPSTREAM_CONNECTIONS)
             )
-            upstream = JulesClient(self._http, s.jules_api_base, s.jules_api_key)
+            upstream = JulesClient(self._http, s.jules_api_base, s.jules_api_key, retry=self._retry)
         poller = self.poller = Poller(upstream, self.broker, self.metrics, interval=s.poll_interval)
         api = Api(
             token=s.local_token,

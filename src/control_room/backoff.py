@@ -8,13 +8,14 @@ from email.utils import parsedate_to_datetime
 
 
 def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random | None = None) -> float:
-    """Delay before retry number `attempt` (1-based): base·2^(n-1), capped, ±50 % jitter.
+    """Delay before retry number `attempt` (1-based): base·2^(n-1), capped, then jittered.
 
-    The jitter keeps many clients (or endpoints) that failed together from retrying together.
+    The delay is drawn between 50 % and 100 % of the capped value, so it never exceeds the
+    cap and stays jittered there too: peers that failed together do not retry together.
     """
     exp: float = min(cap, base * float(2 ** max(attempt - 1, 0)))
     r = float((rng or random).random())
-    return min(cap, exp * (0.5 + r))
+    return exp * (0.5 + r * 0.5)
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:

@@ -92,6 +92,7 @@ class Poller:
         self._listing = MappedListing({}, dict(initial)) if initial is not None else None
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
+        self.attempts = 0
         self.health = UpstreamHealth()
 
     @property
@@ -126,6 +127,8 @@ class Poller:
                 return await self._poll()
             except UpstreamError as exc:
                 return self._failed(exc)
+            finally:
+                self.attempts += 1
 
     async def _poll(self) -> float:
         started = time.perf_counter()

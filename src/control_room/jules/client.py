@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, TypeVar
 
 import aiohttp
 import msgspec
@@ -22,6 +22,7 @@ RETRY_CAP_S: Final = 4.0  # keep one poll short: the poller's own backoff takes 
 RETRY_AFTER_MAX_S: Final = 10.0  # a longer Retry-After is left to the poller to honour
 
 log = logs.get("jules")
+T = TypeVar("T")
 
 _list_decoder: Final = msgspec.json.Decoder(ListSessionsResponse)
 _session_decoder: Final = msgspec.json.Decoder(Session)
@@ -52,9 +53,10 @@ class UpstreamError(Exception):
 
 
 @dataclass(frozen=True)
-class RetryPolicy:
-    """How one request is retried within a poll."""
+class RequestPolicy:
+    """How long one request may take, and how it is retried within a poll."""
 
+    timeout: float = REQUEST_TIMEOUT_S
     attempts: int = ATTEMPTS
     base: float = RETRY_BASE_S
     cap: float = RETRY_CAP_S
@@ -80,14 +82,13 @@ class JulesClient:
         base_url: str,
         api_key: str,
         *,
-        timeout: float = REQUEST_TIMEOUT_S,
-        retry: RetryPolicy | None = None,
+        retry: RequestPolicy | None = None,
     ) -> None:
         self._http = http
         self._base = base_url.rstrip("/")
         self._headers = {"X-Goog-Api-Key": api_key, "Accept": "application/json"}
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self._retry = retry or RetryPolicy()
+        self._retry = retry or RequestPolicy()
+        self._timeout = aiohttp.ClientTimeout(total=self._retry.timeout)
 
     async def list_sessions(self) -> list[Session]:
         """Every session, following `nextPageToken` to the end; raises UpstreamError."""
@@ -98,11 +99,7 @@ class JulesClient:
             params = {"pageSize": str(PAGE_SIZE)}
             if token:
                 params["pageToken"] = token
-            body = await self._get("/sessions", params)
-            try:
-                page = _list_decoder.decode(body)
-            except msgspec.MsgspecError as exc:
-                raise UpstreamError("bad_response", f"sessions page: {exc}") from None
+            page = await self._get("/sessions", params, _list_decoder)
             sessions.extend(page.sessions)
             token = page.nextPageToken
             if not token:
@@ -115,22 +112,23 @@ class JulesClient:
     async def get_session(self, session_id: str) -> Session | None:
         """One session, or None when the upstream says it does not exist (404)."""
         try:
-            body = await self._get(f"/sessions/{session_id}", {})
+            return await self._get(f"/sessions/{session_id}", {}, _session_decoder)
         except UpstreamError as exc:
             if exc.status == 404:
                 return None
             raise
-        try:
-            return _session_decoder.decode(body)
-        except msgspec.MsgspecError as exc:
-            raise UpstreamError("bad_response", f"session: {exc}") from None
 
-    async def _get(self, path: str, params: dict[str, str]) -> bytes:
+    async def _get(self, path: str, params: dict[str, str], decoder: msgspec.json.Decoder[T]) -> T:
+        """GET and decode, retrying transient failures (a garbled body is one of them)."""
         attempt = 0
         while True:
             attempt += 1
             try:
-                return await self._get_once(path, params)
+                body = await self._get_once(path, params)
+                try:
+                    return decoder.decode(body)
+                except msgspec.MsgspecError as exc:
+                    raise UpstreamError("bad_response", f"GET {path}: {exc}") from None
             except UpstreamError as exc:
                 if not exc.retryable or attempt >= self._retry.attempts:
                     raise

@@ -1,0 +1,116 @@
+"""An upstream that fails never produces a delta; recovery produces exactly the real change."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import aiohttp
+import pytest
+
+from control_room.app import Service
+from control_room.jules.simulator import Simulator
+from tests.conftest import FAST_RETRY, MS, ServiceFactory, connect, nothing_more, receive_json
+
+ATTEMPTS = FAST_RETRY.attempts
+
+FAULTS: dict[str, Callable[[Simulator], None]] = {
+    "server_error": lambda sim: sim.faults.fail(n=ATTEMPTS, status=503),
+    "rate_limited": lambda sim: sim.faults.rate_limit(n=ATTEMPTS, retry_after=None),
+    "garbage": lambda sim: sim.faults.garbage(n=ATTEMPTS),
+    "wrong_shape": lambda sim: sim.faults.wrong_shape(n=ATTEMPTS),
+    "timeout": lambda sim: sim.faults.delay(1000 * MS, n=ATTEMPTS),
+    "last_page": lambda sim: sim.faults.fail_page(2, n=ATTEMPTS),
+}
+
+
+@pytest.mark.parametrize("fault", sorted(FAULTS))
+async def test_a_failed_listing_yields_no_delta_and_recovery_the_real_change(
+    http: aiohttp.ClientSession, make_service: ServiceFactory, sim: Simulator, fault: str
+) -> None:
+    sessions = sim.bulk_create(250)  # three pages, so a failing last page is possible
+    service = await make_service()
+    assert service.poller is not None
+    ws = await connect(http, service)
+    FAULTS[fault](sim)
+    await service.poller.poll_once()
+    await nothing_more(ws)
+    health = service.poller.health
+    assert health.consecutive_failures == 1
+    assert len(service.poller.sessions) == 250  # the snapshot stands
+    async with http.get(service.url + "/healthz") as resp:
+        assert (await resp.json())["status"] == "degraded"
+
+    changed = sessions[0]["id"]
+    sim.set_state(changed, "PLANNING")
+    await service.poller.poll_once()
+    delta = await receive_json(ws)
+    assert (delta["type"], delta["sessionId"]) == ("updated", changed)
+    await nothing_more(ws)
+    assert health.consecutive_failures == 0
+    async with http.get(service.url + "/healthz") as resp:
+        assert (await resp.json())["status"] == "ok"
+
+
+async def test_transient_errors_are_retried_within_the_poll(
+    http: aiohttp.ClientSession, service: Service, sim: Simulator
+) -> None:
+    assert service.poller is not None
+    ws = await connect(http, service)
+    created = sim.create()
+    sim.faults.fail(n=ATTEMPTS - 1, status=500)
+    await service.poller.poll_once()
+    assert (await receive_json(ws))["sessionId"] == created["id"]
+    assert service.poller.health.consecutive_failures == 0
+
+
+async def test_backoff_grows_and_honours_retry_after(service: Service, sim: Simulator) -> None:
+    assert service.poller is not None
+    service.poller._interval = 0.05  # the backoff base: keep the test clock small
+    sim.faults.fail(n=ATTEMPTS * 3, status=500)
+    delays = [await service.poller.poll_once() for _ in range(3)]
+    assert delays[0] < delays[2]
+    sim.faults.clear()
+    sim.faults.rate_limit(n=1, retry_after=7)  # too long to wait inside a poll: one try
+    delay = await service.poller.poll_once()
+    assert delay >= 7  # the upstream asked for 7 s; the poller waits at least that
+    assert await service.poller.poll_once() == pytest.approx(0.05)
+
+
+async def test_rejected_key_is_one_clear_error_and_no_retry_storm(
+    http: aiohttp.ClientSession,
+    make_service: ServiceFactory,
+    sim: Simulator,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.INFO, logger="control_room"):
+        service = await make_service(jules_api_key="revoked-key")
+        assert service.poller is not None
+        sim.requests.reset()
+        delays = [await service.poller.poll_once() for _ in range(3)]
+    assert sim.requests.page_calls == 3  # one request per poll: no in-poll retries
+    assert min(delays) >= 60  # and the poller waits minutes, not seconds
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1
+    assert "key rejected" in errors[0].getMessage()
+    assert "revoked-key" not in caplog.text
+    async with http.get(service.url + "/api/sessions") as resp:
+        assert resp.status == 401  # our own token is still required
+
+
+async def test_service_waits_for_the_first_poll_before_serving_sessions(
+    http: aiohttp.ClientSession, make_service: ServiceFactory, sim: Simulator
+) -> None:
+    sim.faults.fail(n=ATTEMPTS, status=500)
+    service = await make_service()
+    assert service.poller is not None and not service.poller.ready
+    async with http.get(
+        service.url + "/api/sessions", headers={"Authorization": "Bearer test-token.with.dots"}
+    ) as resp:
+        assert resp.status == 503
+        assert resp.headers["Retry-After"]
+    async with http.get(service.url + "/readyz") as resp:
+        assert resp.status == 503
+    await service.poller.poll_once()
+    async with http.get(service.url + "/readyz") as resp:
+        assert resp.status == 200

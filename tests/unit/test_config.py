@@ -1,0 +1,92 @@
+"""Settings: defaults, validation with a message naming the variable, `.env` files."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from control_room.config import ConfigError, load
+
+REQUIRED = {"LOCAL_TOKEN": "t", "JULES_API_KEY": "k"}
+
+
+def test_defaults_match_the_documented_table() -> None:
+    s = load(REQUIRED, dotenv=None)
+    assert (s.host, s.port) == ("127.0.0.1", 3001)
+    assert s.jules_api_base == "https://jules.googleapis.com/v1alpha"
+    assert s.poll_interval == 5.0
+    assert s.heartbeat_interval == 30.0
+    assert s.max_buffer_bytes == 1_048_576
+    assert (s.log_level, s.log_format) == ("info", "json")
+    assert s.history_size == 10_000
+    assert s.delta_retention == 7 * 86400
+    assert not s.persist
+
+
+@pytest.mark.parametrize("missing", ["LOCAL_TOKEN", "JULES_API_KEY"])
+def test_missing_required_variable_is_named(missing: str) -> None:
+    env = {k: v for k, v in REQUIRED.items() if k != missing}
+    with pytest.raises(ConfigError) as err:
+        load(env, dotenv=None)
+    assert err.value.variable == missing
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("PORT", "eighty"),
+        ("PORT", "-1"),
+        ("POLL_INTERVAL_MS", "0"),
+        ("HEARTBEAT_INTERVAL_MS", "1.5"),
+        ("MAX_BUFFER_BYTES", "10"),
+        ("LOG_LEVEL", "loud"),
+        ("LOG_FORMAT", "xml"),
+        ("JULES_API_BASE", "ftp://example"),
+        ("PERSIST", "maybe"),
+        ("DELTA_RETENTION", "a week"),
+        ("NOTIFY_WEBHOOK", "http://ok.example/hook,file:///etc/passwd"),
+        ("DATABASE_URL", "mysql://localhost/db"),
+    ],
+)
+def test_invalid_values_are_refused_with_the_variable_named(name: str, value: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load({**REQUIRED, name: value}, dotenv=None)
+    assert err.value.variable == name
+    assert name in str(err.value)
+
+
+def test_secrets_are_not_in_the_repr() -> None:
+    s = load({"LOCAL_TOKEN": "tok-SECRET", "JULES_API_KEY": "key-SECRET"}, dotenv=None)
+    assert "SECRET" not in repr(s)
+
+
+def test_dotenv_is_read_and_the_environment_wins(tmp_path: Path) -> None:
+    dotenv = tmp_path / ".env"
+    dotenv.write_text(
+        "# comment\nexport LOCAL_TOKEN='from-file'\nJULES_API_KEY=\"k\"\nPORT=4000\n"
+    )
+    s = load({"PORT": "5000"}, dotenv=dotenv)
+    assert (s.local_token, s.jules_api_key, s.port) == ("from-file", "k", 5000)
+
+
+def test_durations_accept_units() -> None:
+    s = load({**REQUIRED, "DELTA_RETENTION": "12h", "NOTIFY_MAX_AGE": "90m"}, dotenv=None)
+    assert (s.delta_retention, s.notify_max_age) == (12 * 3600, 90 * 60)
+
+
+def test_serve_stops_with_exit_code_2_and_one_line(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "control_room.cli", "serve"],
+        env={"PATH": "/usr/bin:/bin", "LOCAL_TOKEN": "t", "POLL_INTERVAL_MS": "soon"},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "JULES_API_KEY" in lines[0] or "POLL_INTERVAL_MS" in lines[0]

@@ -1,0 +1,76 @@
+"""The diff: created / updated / deleted, deterministic, and the inverse of applying deltas."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from control_room.diff import apply, diff
+from control_room.models import Approval, JulesSession
+
+
+def session(sid: str, state: str = "QUEUED", title: str = "t") -> JulesSession:
+    return JulesSession(
+        id=sid,
+        repository="acme/api",
+        branch="main",
+        title=title,
+        state=state,
+        planStatus="pending",
+        approval=Approval(state="pending"),
+        participants=(),
+        createdAt="c",
+        updatedAt="u",
+        url="",
+    )
+
+
+def test_no_change_gives_no_delta() -> None:
+    snap = {"a": session("a"), "b": session("b")}
+    assert diff(snap, dict(snap)) == []
+    assert diff(snap, {k: session(k) for k in snap}) == []  # equal, not identical
+
+
+def test_each_kind_is_found() -> None:
+    before = {"a": session("a"), "b": session("b")}
+    after = {"b": session("b", state="PLANNING"), "c": session("c")}
+    changes = diff(before, after)
+    assert [(c.type, c.sessionId) for c in changes] == [
+        ("deleted", "a"),
+        ("updated", "b"),
+        ("created", "c"),
+    ]
+    deleted, updated, created = changes
+    assert deleted.before == before["a"] and deleted.after is None
+    assert updated.before == before["b"] and updated.after == after["b"]
+    assert created.before is None and created.after == after["c"]
+
+
+def test_order_is_deterministic_whatever_the_input_order() -> None:
+    before = {k: session(k) for k in "dcba"}
+    after = {k: session(k, state="X") for k in "zyxabcd"}
+    changes = diff(before, after)
+    assert changes == diff(dict(sorted(before.items())), dict(sorted(after.items())))
+    ids = [c.sessionId for c in changes]
+    assert ids == sorted(ids)
+
+
+snapshots = st.dictionaries(
+    st.sampled_from("abcdefgh"),
+    st.tuples(st.sampled_from(["QUEUED", "PLANNING", "COMPLETED"]), st.sampled_from("xyz")),
+).map(lambda d: {k: session(k, state, title) for k, (state, title) in d.items()})
+
+
+@given(snapshots, snapshots)
+def test_applying_the_diff_gives_the_new_snapshot(
+    a: dict[str, JulesSession], b: dict[str, JulesSession]
+) -> None:
+    assert apply(a, diff(a, b)) == b
+
+
+@given(snapshots, snapshots)
+def test_every_id_appears_at_most_once(
+    a: dict[str, JulesSession], b: dict[str, JulesSession]
+) -> None:
+    ids = [c.sessionId for c in diff(a, b)]
+    assert len(ids) == len(set(ids))

@@ -1,0 +1,165 @@
+"""The mapping table of issue 2, field by field."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from control_room.jules.mapping import MappedListing, map_listing, map_session, repository_of
+from control_room.jules.types import Session
+from control_room.models import Approval, PullRequest
+
+
+def raw(**fields: object) -> Session:
+    base: dict[str, object] = {
+        "name": "sessions/42",
+        "id": "42",
+        "title": "Fix the flaky test",
+        "prompt": "a long prompt that is not shown",
+        "sourceContext": {
+            "source": "sources/github/acme/api",
+            "githubRepoContext": {"startingBranch": "main"},
+        },
+        "state": "QUEUED",
+        "url": "https://jules.google.com/session/42",
+        "createTime": "2026-11-01T10:00:00Z",
+        "updateTime": "2026-11-01T10:00:05.123Z",
+        "someFutureField": {"ignored": True},
+    }
+    base.update(fields)
+    return msgspec.convert(base, Session)
+
+
+def test_every_field_is_mapped() -> None:
+    s = map_session(raw())
+    assert s.id == "42"
+    assert s.repository == "acme/api"
+    assert s.branch == "main"
+    assert s.title == "Fix the flaky test"
+    assert s.state == "QUEUED"
+    assert s.planStatus == "pending"
+    assert s.approval == Approval(state="pending")
+    assert s.participants == ()
+    assert s.createdAt == "2026-11-01T10:00:00Z"
+    assert s.updatedAt == "2026-11-01T10:00:05.123Z"
+    assert s.url == "https://jules.google.com/session/42"
+    assert s.pullRequest is None
+
+
+def test_absent_fields_are_absent_on_the_wire_not_null() -> None:
+    encoded = msgspec.json.decode(msgspec.json.encode(map_session(raw())))
+    assert "pullRequest" not in encoded
+    assert "approvedAt" not in encoded["approval"]
+    assert encoded["participants"] == []
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("sources/github/acme/api", "acme/api"),
+        ("sources/gitlab/acme/api", "gitlab/acme/api"),
+        ("sources/other", "other"),
+        ("", ""),
+    ],
+)
+def test_repository_drops_the_source_prefix(source: str, expected: str) -> None:
+    assert repository_of(source) == expected
+
+
+@pytest.mark.parametrize(
+    ("state", "plan_status"),
+    [
+        ("QUEUED", "pending"),
+        ("PLANNING", "pending"),
+        ("AWAITING_PLAN_APPROVAL", "pending"),
+        ("IN_PROGRESS", "in_progress"),
+        ("AWAITING_USER_FEEDBACK", "in_progress"),
+        ("PAUSED", "in_progress"),
+        ("COMPLETED", "succeeded"),
+        ("FAILED", "failed"),
+        ("STATE_UNSPECIFIED", "pending"),
+        ("SOMETHING_NEW", "pending"),
+    ],
+)
+def test_plan_status_follows_the_table(state: str, plan_status: str) -> None:
+    s = map_session(raw(state=state))
+    assert s.planStatus == plan_status
+    assert s.state == state  # kept as Jules says it, unknown values included
+
+
+def test_approval_is_pending_until_the_plan_moves_on() -> None:
+    waiting = map_session(raw(state="AWAITING_PLAN_APPROVAL"))
+    assert waiting.approval == Approval(state="pending")
+    working = map_session(
+        raw(state="IN_PROGRESS", updateTime="2026-11-01T10:07:00Z"), previous=waiting
+    )
+    assert working.approval == Approval(state="approved", approvedAt="2026-11-01T10:07:00Z")
+
+
+def test_approved_at_is_kept_once_seen() -> None:
+    waiting = map_session(raw(state="AWAITING_PLAN_APPROVAL"))
+    working = map_session(raw(state="IN_PROGRESS", updateTime="T1"), previous=waiting)
+    done = map_session(raw(state="COMPLETED", updateTime="T2"), previous=working)
+    assert done.approval == Approval(state="approved", approvedAt="T1")
+
+
+def test_approved_at_is_omitted_when_the_transition_was_never_seen() -> None:
+    s = map_session(raw(state="IN_PROGRESS"))
+    assert s.approval == Approval(state="approved")
+    assert s.approval.approvedAt is None
+
+
+def test_failure_keeps_the_previous_approval_verdict() -> None:
+    planning = map_session(raw(state="PLANNING"))
+    assert map_session(raw(state="FAILED"), previous=planning).approval.state == "pending"
+    working = map_session(raw(state="IN_PROGRESS", updateTime="T1"), previous=planning)
+    failed = map_session(raw(state="FAILED"), previous=working)
+    assert failed.approval == Approval(state="approved", approvedAt="T1")
+
+
+def test_pull_request_is_the_first_output_with_one() -> None:
+    s = map_session(
+        raw(
+            state="COMPLETED",
+            outputs=[
+                {"changeSet": {"source": "x"}},
+                {"pullRequest": {"url": "https://github.com/acme/api/pull/7", "title": "Fix"}},
+                {"pullRequest": {"url": "https://github.com/acme/api/pull/8", "title": "Two"}},
+            ],
+        )
+    )
+    assert s.pullRequest == PullRequest(url="https://github.com/acme/api/pull/7", title="Fix")
+
+
+def test_id_falls_back_to_the_name() -> None:
+    assert map_session(raw(id="", name="sessions/99")).id == "99"
+
+
+def test_listing_reuses_unchanged_sessions_and_maps_changed_ones() -> None:
+    first = map_listing([raw(id="1"), raw(id="2")], MappedListing.empty())
+    second = map_listing([raw(id="1"), raw(id="2", state="PLANNING")], first)
+    assert second.sessions["1"] is first.sessions["1"]
+    assert second.sessions["2"].state == "PLANNING"
+
+
+def test_listing_skips_archived_blank_and_repeated_ids() -> None:
+    listing = map_listing(
+        [
+            raw(id="1", title="newest"),
+            raw(id="1", title="older copy from the next page"),
+            raw(id="", name=""),
+            raw(id="3", archived=True),
+        ],
+        MappedListing.empty(),
+    )
+    assert list(listing.sessions) == ["1"]
+    assert listing.sessions["1"].title == "newest"
+
+
+def test_unknown_fields_and_values_never_crash() -> None:
+    weird = msgspec.json.decode(
+        b'{"id":"7","state":"BRAND_NEW_STATE","outputs":[{"somethingElse":{}}],"x":[1,2]}',
+        type=Session,
+    )
+    s = map_session(weird)
+    assert (s.state, s.planStatus, s.repository, s.branch) == ("BRAND_NEW_STATE", "pending", "", "")
