@@ -52,9 +52,7 @@ async def test_missing_or_wrong_token_gets_401_json_and_no_upgrade(
     assert len(service.hub) == 0
 
 
-async def test_websockets_library_client_receives_deltas(
-    service: Service, sim: Simulator
-) -> None:
+async def test_websockets_library_client_receives_deltas(service: Service, sim: Simulator) -> None:
     assert service.poller is not None
     async with websockets.connect(service.ws_url, subprotocols=[f"bearer.{TOKEN}"]) as ws:  # type: ignore[list-item]
         assert ws.subprotocol == f"bearer.{TOKEN}"

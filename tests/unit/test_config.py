@@ -65,9 +65,7 @@ def test_secrets_are_not_in_the_repr() -> None:
 
 def test_dotenv_is_read_and_the_environment_wins(tmp_path: Path) -> None:
     dotenv = tmp_path / ".env"
-    dotenv.write_text(
-        "# comment\nexport LOCAL_TOKEN='from-file'\nJULES_API_KEY=\"k\"\nPORT=4000\n"
-    )
+    dotenv.write_text("# comment\nexport LOCAL_TOKEN='from-file'\nJULES_API_KEY=\"k\"\nPORT=4000\n")
     s = load({"PORT": "5000"}, dotenv=dotenv)
     assert (s.local_token, s.jules_api_key, s.port) == ("from-file", "k", 5000)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Final
 
-from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
 
 from control_room import logging as logs
 from control_room.auth import websocket_auth
@@ -173,7 +173,8 @@ class WebSocketEndpoint:
             elif kind in (WSMsgType.TEXT, WSMsgType.BINARY):
                 conn.alive = True  # protocol has no client messages yet: ignored
             elif kind is WSMsgType.ERROR:
-                if ws.close_code == WSCloseCode.MESSAGE_TOO_BIG:
+                error = msg.data
+                if isinstance(error, WebSocketError) and error.code == WSCloseCode.MESSAGE_TOO_BIG:
                     conn.close_reason = conn.close_reason or "message_too_big"
                     log.warning(
                         "Client message too big; closed with 1009",

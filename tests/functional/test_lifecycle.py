@@ -1,0 +1,129 @@
+"""Connection and process lifecycle: clean closes, junk, oversized messages, SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+
+import aiohttp
+
+from control_room.app import Service
+from control_room.jules.simulator import Simulator, SimulatorServer
+from tests.conftest import API_KEY, MS, TOKEN, connect, receive_json
+
+
+async def wait_until(predicate: object, within: float = 2000 * MS) -> None:
+    assert callable(predicate)
+    for _ in range(int(within / (5 * MS))):
+        if predicate():
+            return
+        await asyncio.sleep(5 * MS)
+    raise AssertionError("condition never became true")
+
+
+async def test_clean_disconnect_removes_the_client(
+    http: aiohttp.ClientSession, service: Service
+) -> None:
+    ws = await connect(http, service)
+    await wait_until(lambda: len(service.hub) == 1)
+    await ws.close()
+    await wait_until(lambda: len(service.hub) == 0)
+    assert service.metrics.connections_closed.labels("normal")._value.get() == 1
+
+
+async def test_junk_from_clients_is_ignored(
+    http: aiohttp.ClientSession, service: Service, sim: Simulator
+) -> None:
+    assert service.poller is not None
+    ws = await connect(http, service)
+    await ws.send_str("{not json")
+    await ws.send_bytes(b"\x00\xff" * 100)
+    created = sim.create()
+    await service.poller.poll_once()
+    assert (await receive_json(ws))["sessionId"] == created["id"]
+    await ws.close()
+
+
+async def test_a_message_over_64_kib_closes_with_1009(
+    http: aiohttp.ClientSession, service: Service
+) -> None:
+    ws = await connect(http, service)
+    await ws.send_str("x" * (64 * 1024 + 1))
+    msg = await asyncio.wait_for(ws.receive(), 2)
+    assert msg.type is aiohttp.WSMsgType.CLOSE
+    assert msg.data == 1009
+    await wait_until(lambda: len(service.hub) == 0)
+    assert service.metrics.connections_closed.labels("message_too_big")._value.get() == 1
+
+
+async def test_client_that_vanishes_mid_stream_is_cleaned_up(
+    http: aiohttp.ClientSession, service: Service, sim: Simulator
+) -> None:
+    assert service.poller is not None
+    ws = await connect(http, service)
+    await wait_until(lambda: len(service.hub) == 1)
+    transport = ws._response.connection.transport if ws._response.connection else None
+    assert transport is not None
+    transport.abort()  # no close frame: the network just went away
+    await wait_until(lambda: len(service.hub) == 0)
+    sim.create()
+    await service.poller.poll_once()  # broadcasting to nobody must not fail
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+async def test_sigterm_closes_clients_with_1001_and_exits_0(
+    http: aiohttp.ClientSession, upstream: SimulatorServer, sim: Simulator
+) -> None:
+    sim.bulk_create(3)
+    port = free_port()
+    env = {
+        **os.environ,
+        "PORT": str(port),
+        "LOCAL_TOKEN": TOKEN,
+        "JULES_API_KEY": API_KEY,
+        "JULES_API_BASE": upstream.base_url,
+        "POLL_INTERVAL_MS": "100",
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "control_room.cli",
+        "serve",
+        env=env,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        for _ in range(200):
+            try:
+                url = f"ws://127.0.0.1:{port}/"
+                ws = await http.ws_connect(url, protocols=(f"bearer.{TOKEN}",))
+                break
+            except aiohttp.ClientConnectionError:
+                await asyncio.sleep(0.05)
+        else:
+            proc.kill()
+            assert proc.stderr is not None
+            raise AssertionError(f"server never came up: {(await proc.stderr.read())[-2000:]!r}")
+        proc.send_signal(signal.SIGTERM)
+        msg = await asyncio.wait_for(ws.receive(), 5)
+        assert msg.type is aiohttp.WSMsgType.CLOSE
+        assert msg.data == 1001
+        assert await asyncio.wait_for(proc.wait(), 5) == 0
+        assert proc.stderr is not None
+        logs = (await proc.stderr.read()).decode()
+        assert TOKEN not in logs and API_KEY not in logs
+        assert '"msg":"WebSocket client connected"' in logs
+        assert '"clientCount":1' in logs
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
