@@ -14,11 +14,13 @@ from control_room.broker.base import Broker, HistoryGone
 from control_room.metrics import Metrics
 from control_room.models import encode
 from control_room.poller import Poller
+from control_room.store.base import StoreError
 from control_room.ws.handler import json_error
 from control_room.ws.hub import Hub
 from control_room.ws.params import BadParameter, parse_seq
 
 RETRY_BEFORE_FIRST_POLL_S: Final = 2  # the first poll usually lands within a second or two
+RETRY_STORE_S: Final = 5  # a store outage is retried by the poller each interval, too
 MAX_DELTAS_PER_PAGE: Final = 1_000  # one response stays a few MB at most
 JSON: Final = "application/json"
 
@@ -127,6 +129,13 @@ class Api:
                 seq=position.seq,
                 message="since is older than the retained history; reload /api/sessions",
             )
+        except StoreError:
+            # Older history lives only in the store: not gone, just unreachable for now.
+            response = json_error(
+                503, "store_unavailable", message="history older than memory needs the store"
+            )
+            response.headers["Retry-After"] = str(RETRY_STORE_S)
+            return response
         # Payloads are already JSON: splice them instead of decoding and encoding again.
         head = encode({"epoch": position.epoch, "seq": position.seq})[:-1]
         body = head + b',"deltas":[' + b",".join(e.payload for e in entries) + b"]}"

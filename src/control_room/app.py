@@ -18,7 +18,11 @@ from control_room.broker.memory import MemoryBroker
 from control_room.config import Settings
 from control_room.jules.client import JulesClient, RequestPolicy
 from control_room.metrics import Metrics
+from control_room.models import Snapshot
+from control_room.notifier import Notifier, RetryTiming
 from control_room.poller import Poller, Upstream
+from control_room.store import create_store, prune_forever
+from control_room.store.base import Store
 from control_room.ws.handler import WebSocketEndpoint, json_error
 from control_room.ws.hub import Hub
 
@@ -53,14 +57,21 @@ class Service:
         *,
         upstream: Upstream | None = None,
         retry: RequestPolicy | None = None,
+        webhook_timing: RetryTiming | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = Metrics()
-        self.broker = MemoryBroker(settings.history_size)
+        # With PERSIST=1 the ring is a cache of recent history; the store holds the rest.
+        self.store: Store | None = create_store(settings) if settings.persist else None
+        self.broker = MemoryBroker(
+            settings.history_size, older=self.store.history if self.store is not None else None
+        )
         self.hub = Hub(self.metrics, max_buffer_bytes=settings.max_buffer_bytes)
         self.broker.add_sink(self.hub)
         self._upstream = upstream
         self._retry = retry
+        self._webhook_timing = webhook_timing
+        self.notifier: Notifier | None = None
         self._http: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -80,13 +91,26 @@ class Service:
     async def start(self) -> None:
         """Connect the parts, bind the port, start polling and the heartbeat."""
         s = self.settings
+        # First, before anything can publish: the position and snapshot the store kept.
+        initial = await self._open_store() if self.store is not None else None
         upstream = self._upstream
         if upstream is None:
             self._http = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=UPSTREAM_CONNECTIONS)
             )
             upstream = JulesClient(self._http, s.jules_api_base, s.jules_api_key, retry=self._retry)
-        poller = self.poller = Poller(upstream, self.broker, self.metrics, interval=s.poll_interval)
+        notifier = self.notifier = self._notifier()
+        if notifier is not None:
+            await notifier.start()
+        poller = self.poller = Poller(
+            upstream,
+            self.broker,
+            self.metrics,
+            interval=s.poll_interval,
+            persist=self.store.save if self.store is not None else None,
+            notify=notifier.enqueue if notifier is not None else None,
+            initial=initial,
+        )
         api = Api(
             token=s.local_token,
             poller=poller,
@@ -94,6 +118,7 @@ class Service:
             hub=self.hub,
             metrics=self.metrics,
             metrics_public=s.metrics_public,
+            stats_extra=notifier.stats if notifier is not None else None,
         )
         endpoint = WebSocketEndpoint(s.local_token, self.hub, self.broker, poller, self.metrics)
 
@@ -116,16 +141,39 @@ class Service:
         await self._runner.setup()
         site = web.TCPSite(self._runner, s.host, s.port, reuse_address=True)
         await site.start()
-        server = site._server
-        assert isinstance(server, asyncio.base_events.Server)
-        self.port = server.sockets[0].getsockname()[1]
+        # asyncio's Server and uvloop's (a different class) both expose `sockets`.
+        sockets = getattr(site._server, "sockets", None)
+        assert sockets, "the site has no listening socket"
+        self.port = sockets[0].getsockname()[1]
         self._tasks = [
             asyncio.create_task(poller.run(), name="poller"),
             asyncio.create_task(self.hub.run_heartbeat(s.heartbeat_interval), name="heartbeat"),
         ]
+        if self.store is not None:
+            self._tasks.append(
+                asyncio.create_task(prune_forever(self.store, s.delta_retention), name="prune")
+            )
         log.info(
             "Service listening",
             extra={"host": s.host, "port": self.port, "upstream": s.jules_api_base},
+        )
+
+    def _notifier(self) -> Notifier | None:
+        """Webhook delivery when NOTIFY_WEBHOOK is set; its outbox is the store, if any."""
+        s = self.settings
+        if not s.notify_webhooks:
+            return None
+        broker = self.broker
+        return Notifier(
+            s.notify_webhooks,
+            secret=s.notify_webhook_secret,
+            metrics=self.metrics,
+            position=lambda: broker.position,
+            store=self.store,
+            timeout=s.notify_timeout,
+            max_age=s.notify_max_age,
+            queue_size=s.notify_queue_size,
+            timing=self._webhook_timing,
         )
 
     async def stop(self) -> None:
@@ -136,6 +184,8 @@ class Service:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        if self.notifier is not None:
+            await self.notifier.stop()
         clients = len(self.hub)
         self.hub.close_all()
         if clients:
@@ -146,7 +196,36 @@ class Service:
         if self._http is not None:
             await self._http.close()
             self._http = None
+        if self.store is not None:
+            await self.store.close()
         log.info("Service stopped")
+
+    async def _open_store(self) -> Snapshot | None:
+        """Open the store; adopt its position and return its snapshot (None: a new store).
+
+        A new (or wiped) store keeps the broker's fresh epoch: history starts over, and
+        clients holding an old position get a reset.
+        """
+        store = self.store
+        assert store is not None
+        try:
+            loaded = await store.open()
+        except BaseException:
+            await store.close()
+            raise
+        if loaded is None:
+            log.info("Store created", extra={"epoch": self.broker.position.epoch})
+            return None
+        self.broker.reset(loaded.position)
+        log.info(
+            "Store loaded",
+            extra={
+                "epoch": loaded.position.epoch,
+                "seq": loaded.position.seq,
+                "sessions": len(loaded.sessions),
+            },
+        )
+        return loaded.sessions
 
     async def __aenter__(self) -> Service:
         await self.start()

@@ -17,6 +17,7 @@ from typing import Final
 from control_room import config
 from control_room import logging as logs
 from control_room.app import Service
+from control_room.store.base import SchemaTooNew, StoreError
 
 EXIT_CONFIG: Final = 2
 DEMO_POLL_INTERVAL_S: Final = 1.0  # the demo should feel live; real accounts keep 5 s
@@ -162,6 +163,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except config.ConfigError as exc:
         print(f"control-room: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except SchemaTooNew as exc:
+        print(f"control-room: store error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except StoreError as exc:  # the store could not be opened: nothing to serve from
+        print(f"control-room: store error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 0
     return code

@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit
 
+from control_room.signing import BadSecret, secret_key
+
 DEFAULT_PORT: Final = 3001
 DEFAULT_JULES_API_BASE: Final = "https://jules.googleapis.com/v1alpha"
 DEFAULT_POLL_INTERVAL_MS: Final = 5_000  # the seed's period: fresh enough, gentle on quota
@@ -152,6 +154,12 @@ def load(
         for url in env.get("NOTIFY_WEBHOOK", "").split(",")
         if url.strip()
     )
+    webhook_secret = env.get("NOTIFY_WEBHOOK_SECRET", "")
+    if webhook_secret:
+        try:
+            secret_key(webhook_secret)
+        except BadSecret as exc:
+            raise ConfigError("NOTIFY_WEBHOOK_SECRET", str(exc)) from None
     database_url = env.get("DATABASE_URL", "").strip()
     if database_url and urlsplit(database_url).scheme not in ("postgres", "postgresql"):
         raise ConfigError("DATABASE_URL", "expected a postgresql:// URL")
@@ -177,7 +185,7 @@ def load(
         history_size=_int(env, "HISTORY_SIZE", DEFAULT_HISTORY_SIZE),
         delta_retention=_duration(env, "DELTA_RETENTION", DEFAULT_DELTA_RETENTION_S),
         notify_webhooks=webhooks,
-        notify_webhook_secret=env.get("NOTIFY_WEBHOOK_SECRET", ""),
+        notify_webhook_secret=webhook_secret,
         notify_timeout=_int(env, "NOTIFY_TIMEOUT_MS", DEFAULT_NOTIFY_TIMEOUT_MS) / 1000,
         notify_max_age=_duration(env, "NOTIFY_MAX_AGE", DEFAULT_NOTIFY_MAX_AGE_S),
         notify_queue_size=_int(env, "NOTIFY_QUEUE_SIZE", DEFAULT_NOTIFY_QUEUE_SIZE),

@@ -149,6 +149,10 @@ class Poller:
         if self._listing is None:
             # The first listing since an empty start is the baseline, not a flood of `created`.
             changes = []
+            # With a store, the baseline is saved whole (an empty batch), so a restart diffs
+            # against it; until that succeeds the service has no baseline and is not ready.
+            if self._persist is not None and not await self._persisted(Batch([]), current.sessions):
+                return self._interval
             log.info("Baseline taken", extra={"sessions": len(current.sessions)})
         if changes:
             deltas = self._broker.stamp(changes, iso_now())
@@ -183,7 +187,8 @@ class Poller:
 
     async def _persisted(self, batch: Batch, sessions: Snapshot) -> bool:
         assert self._persist is not None
-        position = Position(self._broker.position.epoch, batch.last_seq)
+        current = self._broker.position
+        position = Position(current.epoch, batch.last_seq if batch.entries else current.seq)
         started = time.perf_counter()
         try:
             await self._persist(batch, sessions, position)

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import secrets
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from itertools import islice
 
 from control_room.broker.base import Batch, Entry, HistoryGone, Sink
 from control_room.models import Change, Position, SessionDelta
+
+
+OlderHistory = Callable[[int, int | None, str | None], Awaitable[list[Entry]]]
+"""Where history older than the ring is read (a store's `history`): since, limit, session."""
 
 
 def new_epoch() -> str:
@@ -19,10 +23,17 @@ def new_epoch() -> str:
 class MemoryBroker:
     """Single-process broker; history survives as long as the process (a ring of `size`)."""
 
-    def __init__(self, history_size: int, start: Position | None = None) -> None:
+    def __init__(
+        self,
+        history_size: int,
+        start: Position | None = None,
+        *,
+        older: OlderHistory | None = None,
+    ) -> None:
         self._position = start or Position(new_epoch(), 0)
         self._ring: deque[Entry] = deque(maxlen=history_size)
         self._sinks: list[Sink] = []
+        self._older = older
 
     @property
     def position(self) -> Position:
@@ -92,5 +103,15 @@ class MemoryBroker:
     async def history(
         self, since: int, limit: int | None = None, session_id: str | None = None
     ) -> list[Entry]:
-        """Entries after `since`, oldest first; HistoryGone when `since` is no longer kept."""
-        return self.history_now(since, limit, session_id)
+        """Entries after `since`, oldest first; HistoryGone when `since` is no longer kept.
+
+        The ring answers when it reaches back to `since`; older requests go to `older` (the
+        store), which raises HistoryGone only when it has pruned them too.
+        """
+        upto = self._position.seq
+        if self._older is None or since >= self.oldest_seq - 1 or since > upto:
+            return self.history_now(since, limit, session_id)
+        entries = await self._older(since, limit, session_id)
+        # The store may already hold a poll that is persisted but not yet published: leave
+        # it out, so no reader is ever ahead of the stream (it arrives live instead).
+        return [e for e in entries if e.seq <= upto]
