@@ -1,0 +1,307 @@
+"""`control-room watch` and `control-room sessions` as real processes against a real service."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import msgspec
+import pytest
+
+from control_room.app import Service
+from control_room.jules.simulator import Simulator
+from control_room.watch import wants_color
+from tests.conftest import MS, TOKEN, ServiceFactory, connect
+
+WAIT = 10_000 * MS  # a fresh interpreter importing aiohttp takes a moment on a busy machine
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def command() -> list[str]:
+    """The installed console script next to this interpreter, else `python -m`."""
+    script = Path(sys.executable).with_name("control-room")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "control_room.cli"]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_TOKEN", "NO_COLOR")}
+    env.update(extra)
+    return env
+
+
+class Proc:
+    """A `control-room` process with its stdout and stderr read line by line."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.stderr: list[str] = []
+
+    @classmethod
+    async def start(cls, *args: str, env: dict[str, str] | None = None) -> Proc:
+        proc = await asyncio.create_subprocess_exec(
+            *command(),
+            *args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env if env is not None else clean_env(),
+        )
+        return cls(proc)
+
+    async def line(self) -> str:
+        assert self.proc.stdout is not None
+        raw = await asyncio.wait_for(self.proc.stdout.readline(), WAIT)
+        assert raw, f"stdout closed; stderr: {self.stderr}"
+        return raw.decode().rstrip("\n")
+
+    async def err_until(self, text: str) -> str:
+        """Read stderr lines until one contains `text`."""
+        assert self.proc.stderr is not None
+        while True:
+            raw = await asyncio.wait_for(self.proc.stderr.readline(), WAIT)
+            assert raw, f"stderr closed before {text!r}; got {self.stderr}"
+            line = raw.decode().rstrip("\n")
+            self.stderr.append(line)
+            if text in line:
+                return line
+
+    async def finish(self) -> tuple[int, str, str]:
+        """Wait for the exit: (code, the rest of stdout, the rest of stderr)."""
+        out, err = await asyncio.wait_for(self.proc.communicate(), WAIT)
+        assert self.proc.returncode is not None
+        return self.proc.returncode, out.decode(), err.decode()
+
+    async def stop(self, sig: signal.Signals = signal.SIGINT) -> int:
+        self.proc.send_signal(sig)
+        code, _, _ = await self.finish()
+        return code
+
+    def kill(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.kill()
+
+
+@pytest.fixture
+async def procs() -> AsyncIterator[list[Proc]]:
+    """Processes started by a test; any still running at the end are killed."""
+    started: list[Proc] = []
+    yield started
+    for p in started:
+        p.kill()
+        await p.proc.wait()
+
+
+async def watch(procs: list[Proc], service: Service, *args: str, **kw: Any) -> Proc:
+    p = await Proc.start("watch", "--url", service.url, *args, **kw)
+    procs.append(p)
+    return p
+
+
+async def test_watch_prints_one_line_per_delta_and_exits_0_on_sigint(
+    procs: list[Proc], service: Service, sim: Simulator
+) -> None:
+    assert service.poller is not None
+    p = await watch(procs, service, "--token", TOKEN)
+    await p.err_until("watching")
+    created = sim.create(repo="acme/api", title="Add retries to the uploader")
+    await service.poller.poll_once()
+    line = await p.line()
+    assert " + created  acme/api " in line and line.endswith("Add retries to the uploader · QUEUED")
+    sim.set_state(created["id"], "IN_PROGRESS")
+    await service.poller.poll_once()
+    line = await p.line()
+    assert " ~ updated  acme/api " in line
+    assert "state QUEUED → IN_PROGRESS · planStatus pending → in_progress" in line
+    assert "approval pending → approved" in line
+    assert "\x1b[" not in line  # stdout is a pipe: no colour
+    sim.delete(created["id"])
+    await service.poller.poll_once()
+    line = await p.line()
+    assert " - deleted  acme/api " in line and line.endswith("· was IN_PROGRESS")
+    assert await p.stop(signal.SIGINT) == 0
+
+
+async def test_watch_exits_0_on_sigterm(procs: list[Proc], service: Service) -> None:
+    p = await watch(procs, service, env=clean_env(LOCAL_TOKEN=TOKEN))  # token from the env
+    await p.err_until("watching")
+    assert await p.stop(signal.SIGTERM) == 0
+
+
+async def test_watch_json_prints_exactly_what_the_server_sent(
+    procs: list[Proc], http: aiohttp.ClientSession, service: Service, sim: Simulator
+) -> None:
+    assert service.poller is not None
+    direct = await connect(http, service)
+    p = await watch(procs, service, "--token", TOKEN, "--json")
+    await p.err_until("watching")
+    created = sim.bulk_create(3)
+    await service.poller.poll_once()
+    sim.set_state(created[0]["id"], "PLANNING")
+    sim.delete(created[1]["id"])
+    await service.poller.poll_once()
+    sent = [(await asyncio.wait_for(direct.receive(), WAIT)).data for _ in range(5)]
+    printed = [await p.line() for _ in range(5)]
+    assert printed == sent
+    assert [msgspec.json.decode(line)["seq"] for line in printed] == [1, 2, 3, 4, 5]
+    assert await p.stop() == 0
+    await direct.close()
+
+
+async def test_watch_since_replays_what_was_missed(
+    procs: list[Proc], service: Service, sim: Simulator
+) -> None:
+    assert service.poller is not None
+    sim.bulk_create(3)
+    await service.poller.poll_once()
+    epoch = service.broker.position.epoch
+    p = await watch(procs, service, "--token", TOKEN, "--json", "--since", "1", "--epoch", epoch)
+    assert [msgspec.json.decode(await p.line())["seq"] for _ in range(2)] == [2, 3]
+    assert await p.stop() == 0
+
+
+async def test_watch_resumes_after_a_server_restart(
+    procs: list[Proc], make_service: ServiceFactory, sim: Simulator
+) -> None:
+    first = await make_service()
+    assert first.poller is not None
+    await first.poller.poll_once()
+    p = await watch(procs, first, "--token", TOKEN)
+    await p.err_until("watching")
+    created = sim.create(repo="acme/web", title="Dark mode")
+    await first.poller.poll_once()
+    assert "+ created  acme/web" in await p.line()
+    await first.stop()
+    assert "connection lost" in await p.err_until("connection lost")
+    second = await make_service(port=first.port)
+    assert second.poller is not None
+    await second.poller.poll_once()
+    await p.err_until("reconnected")
+    reset = await p.line()
+    assert "! reset" in reset and "epoch_changed" in reset
+    assert second.broker.position.epoch in reset
+    sim.set_state(created["id"], "PLANNING")
+    await second.poller.poll_once()
+    line = await p.line()
+    assert "~ updated  acme/web" in line and "state QUEUED → PLANNING" in line
+    assert await p.stop() == 0
+
+
+async def test_watch_exits_3_when_the_token_is_rejected(
+    procs: list[Proc], service: Service
+) -> None:
+    p = await watch(procs, service, "--token", "wrong")
+    code, out, err = await p.finish()
+    assert code == 3
+    assert out == ""
+    assert err.strip().splitlines() == [
+        f"control-room watch: {service.url} rejected the token (HTTP 401);"
+        " check --token or LOCAL_TOKEN"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--token", TOKEN, "--since", "-1"], "non-negative integer"),
+        (["--token", TOKEN, "--since", "x"], "non-negative integer"),
+        (["--token", TOKEN, "--epoch", "e"], "--epoch needs --since"),
+        (["--token", TOKEN, "--url", "ftp://example.org"], "expected an http"),
+        (["--token", TOKEN, "--colour"], "unrecognized arguments"),
+        ([], "no token"),
+    ],
+)
+async def test_watch_exits_2_on_bad_arguments(
+    procs: list[Proc], service: Service, args: list[str], message: str
+) -> None:
+    p = await watch(procs, service, *args)
+    code, out, err = await p.finish()
+    assert (code, out) == (2, "")
+    assert message in err
+
+
+async def test_watch_since_ahead_of_the_stream_exits_2(procs: list[Proc], service: Service) -> None:
+    p = await watch(procs, service, "--token", TOKEN, "--since", "50")
+    code, _, err = await p.finish()
+    assert code == 2
+    assert "ahead of the stream" in err
+
+
+async def test_sessions_prints_an_aligned_table(
+    procs: list[Proc], service: Service, sim: Simulator
+) -> None:
+    assert service.poller is not None
+    sim.create(repo="acme/api", title="Add retries")
+    waiting = sim.create(repo="globex/data-pipeline", title="Speed up the ETL")
+    sim.set_state(waiting["id"], "AWAITING_PLAN_APPROVAL")
+    await service.poller.poll_once()
+    p = await Proc.start("sessions", "--url", service.url, "--token", TOKEN)
+    procs.append(p)
+    code, out, _ = await p.finish()
+    assert code == 0
+    header, first, second, blank, summary = out.splitlines()
+    assert header.split() == ["UPDATED", "REPOSITORY", "BRANCH", "STATE", "PLAN", "APPROVAL",
+                              "PR", "TITLE"]  # fmt: skip
+    assert "globex/data-pipeline" in first and "AWAITING_PLAN_APPROVAL" in first  # latest first
+    assert "acme/api" in second and "Add retries" in second
+    for column in ("REPOSITORY", "STATE", "TITLE"):
+        at = header.index(column)
+        assert first[at - 1] == second[at - 1] == " " and first[at] != " " and second[at] != " "
+    assert blank == ""
+    assert summary == "2 sessions: 1 AWAITING_PLAN_APPROVAL, 1 QUEUED"
+
+
+async def test_sessions_json_is_the_listing(
+    procs: list[Proc], http: aiohttp.ClientSession, service: Service, sim: Simulator
+) -> None:
+    assert service.poller is not None
+    sim.bulk_create(3)
+    await service.poller.poll_once()
+    p = await Proc.start(
+        "sessions", "--url", service.url, "--json", env=clean_env(LOCAL_TOKEN=TOKEN)
+    )
+    procs.append(p)
+    code, out, _ = await p.finish()
+    assert code == 0
+    async with http.get(service.url + "/api/sessions", headers=AUTH) as resp:
+        expected = await resp.json()
+    assert msgspec.json.decode(out) == expected
+
+
+@pytest.mark.parametrize(
+    ("url", "token", "code", "message"),
+    [
+        (None, "wrong", 3, "rejected the token"),
+        ("http://127.0.0.1:9", TOKEN, 1, "cannot connect to 127.0.0.1:9: Connection refused"),
+        (None, "", 2, "no token"),
+    ],
+)
+async def test_sessions_failures_are_one_clear_line(
+    procs: list[Proc], service: Service, url: str | None, token: str, code: int, message: str
+) -> None:
+    args = ["sessions", "--url", url or service.url] + (["--token", token] if token else [])
+    p = await Proc.start(*args)
+    procs.append(p)
+    got, out, err = await p.finish()
+    assert (got, out) == (code, "")
+    assert len(err.strip().splitlines()) == 1 and message in err
+
+
+def test_colour_only_on_a_terminal_and_never_against_the_user() -> None:
+    master, slave = os.openpty()
+    try:
+        with os.fdopen(slave, "w", closefd=True) as tty:
+            assert wants_color(tty, no_color_flag=False, environ={})
+            assert not wants_color(tty, no_color_flag=True, environ={})
+            assert not wants_color(tty, no_color_flag=False, environ={"NO_COLOR": "1"})
+            assert not wants_color(tty, no_color_flag=False, environ={"TERM": "dumb"})
+            assert wants_color(tty, no_color_flag=False, environ={"NO_COLOR": ""})
+    finally:
+        os.close(master)
+    assert not wants_color(io.StringIO(), no_color_flag=False, environ={})
