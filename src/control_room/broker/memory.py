@@ -6,10 +6,15 @@ import secrets
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from itertools import islice
+from typing import Final
 
 from control_room.broker.base import Batch, Entry, HistoryGone, Sink
 from control_room.models import Change, Position, SessionDelta
 
+MAX_REPLAY_FROM_OLDER: Final = 100_000
+"""A full replay (no limit) reaching further back than this is answered with a reset: the
+client reloading the snapshot (10,000 sessions, a few MB) is cheaper than reading and
+sending 100,000 deltas (~100 MB), and the store's row cap is ten times that."""
 
 OlderHistory = Callable[[int, int | None, str | None], Awaitable[list[Entry]]]
 """Where history older than the ring is read (a store's `history`): since, limit, session."""
@@ -111,6 +116,8 @@ class MemoryBroker:
         upto = self._position.seq
         if self._older is None or since >= self.oldest_seq - 1 or since > upto:
             return self.history_now(since, limit, session_id)
+        if limit is None and upto - since > MAX_REPLAY_FROM_OLDER:
+            raise HistoryGone("too_far_behind", upto - MAX_REPLAY_FROM_OLDER + 1)
         entries = await self._older(since, limit, session_id)
         # The store may already hold a poll that is persisted but not yet published: leave
         # it out, so no reader is ever ahead of the stream (it arrives live instead).
