@@ -14,12 +14,11 @@ from control_room.broker.base import Broker, HistoryGone
 from control_room.metrics import Metrics
 from control_room.models import encode
 from control_room.poller import Poller
+from control_room.responses import json_error, not_ready
 from control_room.store.base import StoreError
-from control_room.ws.handler import json_error
 from control_room.ws.hub import Hub
 from control_room.ws.params import BadParameter, parse_seq
 
-RETRY_BEFORE_FIRST_POLL_S: Final = 2  # the first poll usually lands within a second or two
 RETRY_STORE_S: Final = 5  # a store outage is retried by the poller each interval, too
 MAX_DELTAS_PER_PAGE: Final = 1_000  # one response stays a few MB at most
 JSON: Final = "application/json"
@@ -82,9 +81,7 @@ class Api:
     async def sessions(self, request: web.Request) -> web.StreamResponse:
         """The current snapshot and the position it corresponds to."""
         if not self._poller.ready:
-            response = json_error(503, "not_ready", message="the first poll has not completed")
-            response.headers["Retry-After"] = str(RETRY_BEFORE_FIRST_POLL_S)
-            return response
+            return not_ready()
         position = self._broker.position  # read together with sessions: no await between
         body = {
             "sessions": list(self._poller.sessions.values()),

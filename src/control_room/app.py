@@ -21,9 +21,10 @@ from control_room.metrics import Metrics
 from control_room.models import Snapshot
 from control_room.notifier import Notifier, RetryTiming
 from control_room.poller import Poller, Upstream
+from control_room.responses import json_error
 from control_room.store import create_store, prune_forever
 from control_room.store.base import Store
-from control_room.ws.handler import WebSocketEndpoint, json_error
+from control_room.ws.handler import WebSocketEndpoint
 from control_room.ws.hub import Hub
 
 SHUTDOWN_GRACE_S: Final = 2.0  # time for close frames to flush before sockets are dropped

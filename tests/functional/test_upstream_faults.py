@@ -111,6 +111,16 @@ async def test_service_waits_for_the_first_poll_before_serving_sessions(
         assert resp.headers["Retry-After"]
     async with http.get(service.url + "/readyz") as resp:
         assert resp.status == 503
+    upgrade = {
+        "Connection": "Upgrade",
+        "Upgrade": "websocket",
+        "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+        "Sec-WebSocket-Protocol": "bearer.test-token.with.dots",
+    }
+    async with http.get(service.url + "/?snapshot=1", headers=upgrade) as resp:
+        assert resp.status == 503  # an empty snapshot would never be corrected
+        assert resp.headers["Retry-After"]
     await service.poller.poll_once()
     async with http.get(service.url + "/readyz") as resp:
         assert resp.status == 200

@@ -13,6 +13,7 @@ from control_room.broker.base import Broker, HistoryGone
 from control_room.metrics import Metrics
 from control_room.models import encode
 from control_room.poller import Poller
+from control_room.responses import json_error, not_ready
 from control_room.ws.connection import Connection
 from control_room.ws.frames import text_frame
 from control_room.ws.hub import Hub
@@ -23,11 +24,6 @@ REPLAY_CHUNK_BYTES: Final = 256 * 1024  # write replay in slices, waiting for ea
 HANDSHAKE_TIMEOUT_S: Final = 10.0  # closing handshake wait; a client that vanished won't reply
 
 log = logs.get("ws")
-
-
-def json_error(status: int, error: str, **fields: object) -> web.Response:
-    """A JSON error body, the only kind this service answers with."""
-    return web.json_response({"error": error, **fields}, status=status)
 
 
 class WebSocketEndpoint:
@@ -54,6 +50,10 @@ class WebSocketEndpoint:
         except BadParameter as exc:
             self._metrics.connections_rejected.labels("bad_request").inc()
             return json_error(400, "bad_request", parameter=exc.parameter, message=str(exc))
+        if wanted.snapshot and not self._poller.ready:
+            # An empty snapshot now would never be corrected: the first poll is a baseline
+            # and publishes nothing. Ask the client to come back, as GET /api/sessions does.
+            return not_ready()
         transport = request.transport
         if transport is None:  # the client left during the handshake
             return web.Response(status=499)
