@@ -16,6 +16,7 @@ from control_room.app import Service
 from control_room.config import Settings
 from control_room.jules.client import RequestPolicy
 from control_room.jules.simulator import Simulator, SimulatorServer
+from control_room.notifier import RetryTiming
 
 MS = float(os.environ.get("CONTROL_ROOM_TEST_MS", "1")) / 1000
 """One millisecond of test time; raise CONTROL_ROOM_TEST_MS on a slow machine."""
@@ -24,6 +25,11 @@ FAST_RETRY = RequestPolicy(
     timeout=300 * MS, attempts=3, base=5 * MS, cap=20 * MS, retry_after_max=200 * MS
 )
 """In-poll retries on the test clock: three quick tries, a long Retry-After left to the poller."""
+
+FAST_WEBHOOKS = RetryTiming(
+    base=5 * MS, cap=40 * MS, retry_after_max=2000 * MS, store_retry=20 * MS
+)
+"""Webhook retries on the test clock: the real 1 s → 5 min curve, shrunk to milliseconds."""
 
 TOKEN = "test-token.with.dots"
 API_KEY = "sim-key"
@@ -66,7 +72,7 @@ async def make_service(upstream: SimulatorServer) -> AsyncIterator[ServiceFactor
 
     async def make(**overrides: Any) -> Service:
         overrides.setdefault("jules_api_base", upstream.base_url)
-        service = Service(settings(**overrides), retry=FAST_RETRY)
+        service = Service(settings(**overrides), retry=FAST_RETRY, webhook_timing=FAST_WEBHOOKS)
         await service.start()
         started.append(service)
         # The poller's first poll runs at start; let it finish so tests then poll on demand

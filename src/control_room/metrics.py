@@ -18,6 +18,16 @@ CLOSE_REASONS: Final = (
     "shutdown",
     "error",
 )
+POLL_FAILURE_KINDS: Final = (
+    "timeout",
+    "network",
+    "server_error",
+    "rate_limited",
+    "bad_response",
+    "unauthorized",
+    "client_error",
+)
+"""Every `UpstreamError.kind`, exported at zero from the start so rates work at once."""
 FAST_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 """Broadcast and diff take well under a millisecond to tens of milliseconds."""
 SLOW_BUCKETS: Final = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -118,3 +128,5 @@ class Metrics:
             self.connections_closed.labels(reason)
         for kind in ("created", "updated", "deleted"):
             self.deltas_published.labels(kind)
+        for kind in POLL_FAILURE_KINDS:
+            self.poll_failures.labels(kind)
