@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Final, Protocol
+
+import msgspec
 
 from control_room import logging as logs
 from control_room.backoff import backoff_delay
@@ -15,7 +18,7 @@ from control_room.broker.base import Batch, Broker
 from control_room.diff import diff
 from control_room.jules.client import UpstreamError
 from control_room.jules.mapping import MappedListing, map_listing, map_session
-from control_room.jules.types import Session
+from control_room.jules.types import RawSession, Session
 from control_room.metrics import Metrics
 from control_room.models import Position, Snapshot
 
@@ -32,8 +35,8 @@ log = logs.get("poller")
 class Upstream(Protocol):
     """What the poller needs from the Jules client."""
 
-    async def list_sessions(self) -> list[Session]:
-        """Every session, or UpstreamError."""
+    async def list_sessions(self) -> Sequence[RawSession]:
+        """Every session as raw JSON, or UpstreamError."""
 
     async def get_session(self, session_id: str) -> Session | None:
         """One session, None when it does not exist, or UpstreamError."""
@@ -115,10 +118,8 @@ class Poller:
             delay = await self.poll_once()
             self.health.next_poll_in = delay
             self._wake.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), delay)
-            except TimeoutError:
-                pass
 
     async def poll_once(self) -> float:
         """One complete poll; returns how long to wait before the next one."""
@@ -137,7 +138,10 @@ class Poller:
 
         started = time.perf_counter()
         previous = self._listing or MappedListing.empty()
-        current = map_listing(listing, previous)
+        try:
+            current = map_listing(listing, previous)
+        except msgspec.MsgspecError as exc:
+            raise UpstreamError("bad_response", f"a session did not decode: {exc}") from None
         vanished = previous.sessions.keys() - current.sessions.keys()
         if vanished and len(vanished) <= MAX_DELETE_CONFIRMATIONS:
             await self._confirm_deletions(vanished, previous, current)
@@ -219,11 +223,9 @@ class Poller:
                     "Could not confirm deletion; keeping session",
                     extra={"sessionId": sid, "kind": exc.kind},
                 )
-                current.raw[sid] = previous.raw.get(sid) or Session(id=sid)
                 current.sessions[sid] = previous.sessions[sid]
                 continue
             if found is not None and not found.archived:
-                current.raw[sid] = found
                 current.sessions[sid] = map_session(found, previous.sessions.get(sid))
 
     def _failed(self, exc: UpstreamError) -> float:

@@ -10,7 +10,7 @@ import aiohttp
 from control_room.app import Service
 from control_room.jules.client import JulesClient
 from control_room.jules.simulator import Simulator, SimulatorServer
-from control_room.jules.types import Session
+from control_room.jules.types import RawSession, Session, session_decoder
 from tests.conftest import (
     API_KEY,
     TOKEN,
@@ -162,8 +162,9 @@ class PageShift:
         self.client = client
         self.hide: set[str] = set()
 
-    async def list_sessions(self) -> list[Session]:
-        return [s for s in await self.client.list_sessions() if s.id not in self.hide]
+    async def list_sessions(self) -> list[RawSession]:
+        listing = await self.client.list_sessions()
+        return [raw for raw in listing if session_decoder.decode(raw).id not in self.hide]
 
     async def get_session(self, session_id: str) -> Session | None:
         return await self.client.get_session(session_id)

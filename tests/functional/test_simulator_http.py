@@ -60,6 +60,13 @@ async def post_json(
         return resp.status, await resp.json()
 
 
+class DecodedPage(msgspec.Struct):
+    """A listing page with its sessions decoded (the service keeps them raw)."""
+
+    sessions: list[Session] = []
+    nextPageToken: str = ""
+
+
 async def walk(
     client: aiohttp.ClientSession, server: SimulatorServer, page_size: int
 ) -> list[list[str]]:
@@ -70,7 +77,7 @@ async def walk(
         params = {"pageSize": str(page_size)} | ({"pageToken": token} if token else {})
         status, body = await get_json(client, f"{server.base_url}/sessions", **params)
         assert status == 200, body
-        page = msgspec.convert(body, ListSessionsResponse)
+        page = msgspec.convert(body, DecodedPage)
         pages.append([s.session_id for s in page.sessions])
         token = page.nextPageToken
         if not token:

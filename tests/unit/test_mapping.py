@@ -10,6 +10,11 @@ from control_room.jules.types import Session
 from control_room.models import Approval, PullRequest
 
 
+def body(**fields: object) -> bytes:
+    """A session's raw JSON as a listing carries it."""
+    return msgspec.json.encode(msgspec.to_builtins(raw(**fields)))
+
+
 def raw(**fields: object) -> Session:
     base: dict[str, object] = {
         "name": "sessions/42",
@@ -136,19 +141,31 @@ def test_id_falls_back_to_the_name() -> None:
 
 
 def test_listing_reuses_unchanged_sessions_and_maps_changed_ones() -> None:
-    first = map_listing([raw(id="1"), raw(id="2")], MappedListing.empty())
-    second = map_listing([raw(id="1"), raw(id="2", state="PLANNING")], first)
+    first = map_listing([body(id="1"), body(id="2")], MappedListing.empty())
+    second = map_listing([body(id="1"), body(id="2", state="PLANNING")], first)
     assert second.sessions["1"] is first.sessions["1"]
     assert second.sessions["2"].state == "PLANNING"
+
+
+def test_listing_maps_changes_even_when_only_an_output_changed() -> None:
+    first = map_listing([body(id="1", state="COMPLETED")], MappedListing.empty())
+    pr = {"pullRequest": {"url": "https://github.com/acme/api/pull/1", "title": "PR"}}
+    second = map_listing([body(id="1", state="COMPLETED", outputs=[pr])], first)
+    assert second.sessions["1"].pullRequest is not None
+
+
+def test_a_session_that_does_not_decode_fails_the_listing() -> None:
+    with pytest.raises(msgspec.ValidationError):
+        map_listing([body(id="1"), b'{"id": 7, "state": []}'], MappedListing.empty())
 
 
 def test_listing_skips_archived_blank_and_repeated_ids() -> None:
     listing = map_listing(
         [
-            raw(id="1", title="newest"),
-            raw(id="1", title="older copy from the next page"),
-            raw(id="", name=""),
-            raw(id="3", archived=True),
+            body(id="1", title="newest"),
+            body(id="1", title="older copy from the next page"),
+            body(id="", name=""),
+            body(id="3", archived=True),
         ],
         MappedListing.empty(),
     )

@@ -11,7 +11,13 @@ import msgspec
 
 from control_room import logging as logs
 from control_room.backoff import backoff_delay, parse_retry_after
-from control_room.jules.types import ErrorEnvelope, ListSessionsResponse, Session
+from control_room.jules.types import (
+    ErrorEnvelope,
+    ListSessionsResponse,
+    RawSession,
+    Session,
+    session_decoder,
+)
 
 PAGE_SIZE: Final = 100  # the API's maximum: fewest round trips per listing
 MAX_PAGES: Final = 2_000  # 200,000 sessions: far beyond any account; stops a token loop
@@ -25,7 +31,6 @@ log = logs.get("jules")
 T = TypeVar("T")
 
 _list_decoder: Final = msgspec.json.Decoder(ListSessionsResponse)
-_session_decoder: Final = msgspec.json.Decoder(Session)
 _error_decoder: Final = msgspec.json.Decoder(ErrorEnvelope)
 
 
@@ -90,9 +95,9 @@ class JulesClient:
         self._retry = retry or RequestPolicy()
         self._timeout = aiohttp.ClientTimeout(total=self._retry.timeout)
 
-    async def list_sessions(self) -> list[Session]:
-        """Every session, following `nextPageToken` to the end; raises UpstreamError."""
-        sessions: list[Session] = []
+    async def list_sessions(self) -> list[RawSession]:
+        """Every session as raw JSON, following `nextPageToken` to the end; UpstreamError."""
+        sessions: list[RawSession] = []
         token = ""
         seen_tokens: set[str] = set()
         for _ in range(MAX_PAGES):
@@ -112,7 +117,7 @@ class JulesClient:
     async def get_session(self, session_id: str) -> Session | None:
         """One session, or None when the upstream says it does not exist (404)."""
         try:
-            return await self._get(f"/sessions/{session_id}", {}, _session_decoder)
+            return await self._get(f"/sessions/{session_id}", {}, session_decoder)
         except UpstreamError as exc:
             if exc.status == 404:
                 return None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Final
+
 import msgspec
 
 
@@ -53,10 +55,21 @@ class Session(msgspec.Struct, frozen=True, gc=False):
 
 
 class ListSessionsResponse(msgspec.Struct, frozen=True):
-    """One page of `sessions.list`; an empty account may answer `{}`."""
+    """One page of `sessions.list`; an empty account may answer `{}`.
 
-    sessions: tuple[Session, ...] = ()
+    Sessions stay raw JSON here: most are unchanged since the last poll, and recognising
+    them by their bytes is several times cheaper than decoding them (see mapping.py).
+    """
+
+    sessions: tuple[msgspec.Raw, ...] = ()
     nextPageToken: str = ""
+
+
+RawSession = bytes | msgspec.Raw
+"""One Session exactly as the upstream sent it."""
+
+session_decoder: Final = msgspec.json.Decoder(Session)
+"""Decodes one Session (a raw one from a listing, or a `GET /sessions/{id}` body)."""
 
 
 class ErrorBody(msgspec.Struct):
