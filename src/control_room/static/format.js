@@ -1,0 +1,122 @@
+// Pure formatting for the dashboard: state labels and tones, relative times, and the one-line
+// description of a delta. No DOM and no clock of its own, so every function is predictable.
+
+/** Jules states in lifecycle order: the order of the count chips at the top. */
+export const STATE_ORDER = Object.freeze([
+  'QUEUED',
+  'PLANNING',
+  'AWAITING_PLAN_APPROVAL',
+  'IN_PROGRESS',
+  'AWAITING_USER_FEEDBACK',
+  'PAUSED',
+  'COMPLETED',
+  'FAILED',
+]);
+
+// Tone = what the state asks of the reader: nothing (neutral), patience (active),
+// action (attention), or a verdict (success, danger). Colours hang off the tone in CSS.
+const STATES = {
+  QUEUED: { label: 'Queued', tone: 'neutral' },
+  PLANNING: { label: 'Planning', tone: 'active' },
+  AWAITING_PLAN_APPROVAL: { label: 'Awaiting approval', tone: 'attention' },
+  IN_PROGRESS: { label: 'In progress', tone: 'active' },
+  AWAITING_USER_FEEDBACK: { label: 'Awaiting feedback', tone: 'attention' },
+  PAUSED: { label: 'Paused', tone: 'neutral' },
+  COMPLETED: { label: 'Completed', tone: 'success' },
+  FAILED: { label: 'Failed', tone: 'danger' },
+};
+
+const PLAN_LABELS = {
+  pending: 'Pending',
+  in_progress: 'In progress',
+  succeeded: 'Succeeded',
+  failed: 'Failed',
+};
+
+/** The reader-facing label and tone of a Jules state; unknown states (the API is alpha) too. */
+export function stateInfo(state) {
+  const known = STATES[state];
+  if (known) return known;
+  const words = String(state || 'unknown')
+    .toLowerCase()
+    .replaceAll('_', ' ');
+  return { label: words.charAt(0).toUpperCase() + words.slice(1), tone: 'neutral' };
+}
+
+/** True for the states where Jules waits for the person at the keyboard. */
+export function needsAttention(state) {
+  return stateInfo(state).tone === 'attention';
+}
+
+/** The label of a plan status (`pending`, `in_progress`, ...). */
+export function planLabel(status) {
+  return PLAN_LABELS[status] ?? String(status || '—');
+}
+
+/** Milliseconds since the epoch of an RFC 3339 stamp (any fraction digits); NaN if unparsable. */
+export function parseTime(stamp) {
+  if (!stamp) return NaN;
+  // Date.parse takes at most millisecond precision reliably: trim longer fractions.
+  const trimmed = String(stamp).replace(/(\.\d{3})\d+/, '$1');
+  return Date.parse(trimmed);
+}
+
+/** "just now", "3 s ago", "5 min ago", "2 h ago", "4 d ago"; clocks a little ahead count as now. */
+export function relativeTime(ms, now) {
+  if (!Number.isFinite(ms)) return '—';
+  const seconds = Math.floor((now - ms) / 1000);
+  if (seconds < 1) return 'just now';
+  if (seconds < 60) return `${seconds} s ago`;
+  const minutes = Math.floor(seconds / 60);
+  if (minutes < 60) return `${minutes} min ago`;
+  const hours = Math.floor(minutes / 60);
+  if (hours < 24) return `${hours} h ago`;
+  return `${Math.floor(hours / 24)} d ago`;
+}
+
+// Built once: `Date.prototype.toLocaleString` builds a formatter per call, 0.1-0.5 ms each.
+const ABSOLUTE = new Intl.DateTimeFormat(undefined, { dateStyle: 'medium', timeStyle: 'medium' });
+
+/** A local, absolute rendering of a time, for tooltips. */
+export function absoluteTime(ms) {
+  if (!Number.isFinite(ms)) return '';
+  return ABSOLUTE.format(ms);
+}
+
+/** `#123` for a GitHub pull request URL, else "PR". */
+export function pullRequestLabel(url) {
+  const match = /\/pull\/(\d+)/.exec(url || '');
+  return match ? `#${match[1]}` : 'PR';
+}
+
+/** What changed in a delta, in a few words: "PLANNING → AWAITING_PLAN_APPROVAL", "created". */
+export function describeDelta(delta) {
+  const { before, after } = delta;
+  if (delta.type === 'created') return after ? `created · ${after.state}` : 'created';
+  if (delta.type === 'deleted') return before ? `deleted · was ${before.state}` : 'deleted';
+  if (!before || !after) return 'updated';
+  if (before.state !== after.state) return `${before.state} → ${after.state}`;
+  const parts = [];
+  if (!before.pullRequest && after.pullRequest) parts.push('pull request opened');
+  else if (before.pullRequest?.url !== after.pullRequest?.url) parts.push('pull request changed');
+  if (before.approval?.state !== after.approval?.state) {
+    parts.push(`approval ${after.approval?.state ?? 'cleared'}`);
+  }
+  if (before.title !== after.title) parts.push('renamed');
+  if (before.branch !== after.branch) parts.push('branch changed');
+  if (before.planStatus !== after.planStatus) parts.push(`plan ${planLabel(after.planStatus)}`);
+  return parts.length ? parts.join(', ') : 'updated';
+}
+
+/** The tone of a delta in the feed: the tone of the state it ends in. */
+export function deltaTone(delta) {
+  if (delta.type === 'deleted') return 'neutral';
+  return stateInfo(delta.after?.state).tone;
+}
+
+/** `acme/web-app` → ["acme/", "web-app"], so the owner can be drawn quieter than the name. */
+export function splitRepository(repository) {
+  const repo = String(repository || '');
+  const slash = repo.lastIndexOf('/');
+  return slash < 0 ? ['', repo] : [repo.slice(0, slash + 1), repo.slice(slash + 1)];
+}

@@ -1,0 +1,338 @@
+// The dashboard's connection to the service: the public protocol, nothing private.
+//
+// First connect: GET /api/sessions checks the token and readiness (a browser cannot read the
+// 401 of a refused WebSocket upgrade, it only sees a failed connection), then the socket opens
+// with ?snapshot=1. Afterwards the stream keeps the last (epoch, seq) and every reconnect
+// resumes with ?since=<seq>&epoch=<epoch>. A `reset` reloads GET /api/sessions while the
+// socket stays open, buffering live deltas until the reload lands. Duplicates (seq <= last)
+// are dropped; a gap (seq > last + 1) resumes from the last good seq on a fresh socket.
+
+export const APP_PROTOCOL = 'control-room.v1';
+export const BEARER_PREFIX = 'bearer.';
+
+const BACKOFF_BASE_MS = 1000; // first retry after 0.5-1 s: a restarting server is usually back
+const BACKOFF_MAX_MS = 30_000; // an all-day tab retries twice a minute while the server is away
+const STABLE_MS = 10_000; // a socket that lived this long was healthy: the backoff starts over
+const OFFLINE_AFTER_FAILURES = 4; // ~10 s of failed attempts: call it offline, not a blip
+const RETRY_AFTER_DEFAULT_MS = 2000; // the service's own Retry-After before its first poll
+const CLOSE_RESYNC = 4000; // private-use close code (RFC 6455 4000-4999): we saw a gap
+
+// RFC 7230 token characters: all a WebSocket subprotocol (and so `bearer.<token>`) may carry.
+const SUBPROTOCOL_TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+
+/** True when `token` can travel as the `bearer.<token>` subprotocol. */
+export function isValidToken(token) {
+  return typeof token === 'string' && SUBPROTOCOL_TOKEN.test(token);
+}
+
+/** The WebSocket URL of the service that served this page. */
+export function socketUrl(location) {
+  const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
+  return `${scheme}//${location.host}/`;
+}
+
+/**
+ * A self-healing subscription to the delta stream.
+ *
+ * Handlers: onStatus({state, retryAt, detail}), onSnapshot(sessions, position),
+ * onDelta(delta, position), onUnauthorized(). States: connecting, syncing, live,
+ * reconnecting, offline, unauthorized.
+ */
+export class Stream {
+  #token;
+  #handlers;
+  #url;
+  #ws = null;
+  #generation = 0; // bumps on every connect: async work of an older attempt drops its result
+  #position = null; // {epoch, seq} of the last applied message; null = need a snapshot
+  #buffer = null; // live deltas held while a reset's reload is in flight
+  #attempt = 0;
+  #failures = 0;
+  #timer = 0;
+  #stopped = false;
+  #onOnline = () => this.retryNow();
+  #onOffline = () => this.#announceWaiting();
+  #retryAt = 0;
+  #detail = '';
+
+  /** Counters a test or a curious reader can inspect. */
+  stats = { duplicates: 0, gaps: 0, resets: 0, reconnects: 0 };
+
+  #backoffBaseMs;
+
+  /**
+   * `backoffBaseMs` defaults to `window.controlRoomOptions.backoffBaseMs` when a page script
+   * (in practice, a test's init script) set it, else to the production 1 s.
+   */
+  constructor(
+    token,
+    handlers,
+    {
+      url = socketUrl(window.location),
+      backoffBaseMs = window.controlRoomOptions?.backoffBaseMs ?? BACKOFF_BASE_MS,
+    } = {},
+  ) {
+    this.#token = token;
+    this.#handlers = handlers;
+    this.#url = url;
+    this.#backoffBaseMs = backoffBaseMs;
+  }
+
+  /** The last applied position, or null before the first snapshot. */
+  get position() {
+    return this.#position ? { ...this.#position } : null;
+  }
+
+  /** Connect now and keep connected until stop(). */
+  start() {
+    window.addEventListener('online', this.#onOnline);
+    window.addEventListener('offline', this.#onOffline);
+    this.#connect();
+  }
+
+  /** Close for good (token rejected or changed). */
+  stop() {
+    this.#stopped = true;
+    this.#generation += 1;
+    clearTimeout(this.#timer);
+    window.removeEventListener('online', this.#onOnline);
+    window.removeEventListener('offline', this.#onOffline);
+    this.#drop();
+  }
+
+  /** Skip the rest of the backoff wait. */
+  retryNow() {
+    if (this.#stopped || this.#ws) return;
+    this.#attempt = 0;
+    this.#connect();
+  }
+
+  #status(state, extra = {}) {
+    this.#handlers.onStatus({ state, retryAt: 0, detail: '', ...extra });
+  }
+
+  async #connect() {
+    clearTimeout(this.#timer);
+    if (this.#stopped) return;
+    const generation = ++this.#generation;
+    this.#status(this.#position ? 'reconnecting' : 'connecting', { retryAt: 0 });
+    let query;
+    if (this.#position === null) {
+      const probe = await this.#fetchSessions({ wantBody: false });
+      if (generation !== this.#generation) return;
+      if (probe.kind === 'unauthorized') return this.#unauthorized();
+      if (probe.kind === 'not_ready') {
+        return this.#retryLater('server starting', probe.retryAfterMs);
+      }
+      if (probe.kind !== 'ok') return this.#retryLater('server unreachable');
+      query = '?snapshot=1';
+    } else {
+      const { seq, epoch } = this.#position;
+      query = `?since=${seq}&epoch=${encodeURIComponent(epoch)}`;
+    }
+    let ws;
+    try {
+      ws = new WebSocket(this.#url + query, [APP_PROTOCOL, BEARER_PREFIX + this.#token]);
+    } catch {
+      // Only a token a subprotocol cannot carry makes the constructor throw here.
+      return this.#unauthorized();
+    }
+    this.#ws = ws;
+    let openedAt = 0;
+    ws.onopen = () => {
+      openedAt = performance.now();
+      this.#failures = 0;
+      // A resume with nothing missed sends no message at all: open means caught up.
+      if (this.#position !== null && this.#buffer === null) this.#live();
+    };
+    ws.onmessage = (event) => this.#message(ws, event.data);
+    ws.onclose = () => {
+      if (this.#ws !== ws) return;
+      this.#ws = null;
+      this.#buffer = null;
+      if (this.#stopped) return;
+      if (openedAt && performance.now() - openedAt > STABLE_MS) this.#attempt = 0;
+      if (!openedAt) this.#refused(generation);
+      else this.#retryLater('connection lost');
+    };
+  }
+
+  /** The upgrade failed: find out why over REST, which can read the status. */
+  async #refused(generation) {
+    const probe = await this.#fetchSessions({ wantBody: false });
+    if (generation !== this.#generation || this.#stopped) return;
+    if (probe.kind === 'unauthorized') return this.#unauthorized();
+    if (probe.kind === 'not_ready') {
+      return this.#retryLater('server starting', probe.retryAfterMs);
+    }
+    if (probe.kind === 'ok') {
+      // The server is up and takes the token, yet refused the socket: most likely a 400 for
+      // a resume position it does not know. A snapshot is always a valid way back in.
+      this.#position = null;
+    }
+    this.#retryLater(probe.kind === 'ok' ? 'connection refused' : 'server unreachable');
+  }
+
+  #message(ws, data) {
+    if (ws !== this.#ws) return;
+    let message;
+    try {
+      message = JSON.parse(data);
+    } catch {
+      return; // not ours to interpret; the protocol only sends JSON
+    }
+    switch (message.type) {
+      case 'snapshot':
+        this.#position = { epoch: message.epoch, seq: message.seq };
+        this.#handlers.onSnapshot(message.sessions ?? [], this.position);
+        this.#live();
+        break;
+      case 'reset':
+        this.stats.resets += 1;
+        this.#reload(ws, message);
+        break;
+      case 'created':
+      case 'updated':
+      case 'deleted':
+        this.#delta(ws, message);
+        break;
+      default:
+        break; // newer server, newer message type: ignore rather than break
+    }
+  }
+
+  #delta(ws, delta) {
+    if (this.#buffer !== null) {
+      this.#buffer.push(delta);
+      return;
+    }
+    const position = this.#position;
+    if (position === null) return;
+    if (delta.seq <= position.seq) {
+      this.stats.duplicates += 1;
+      return;
+    }
+    if (delta.seq > position.seq + 1) {
+      this.stats.gaps += 1;
+      this.#resume(ws);
+      return;
+    }
+    position.seq = delta.seq;
+    this.#handlers.onDelta(delta, this.position);
+  }
+
+  /** A gap on this socket: leave it and resume from the last good seq on a new one. */
+  #resume(ws) {
+    if (ws === this.#ws) this.#drop(CLOSE_RESYNC, 'gap');
+    this.#connect();
+  }
+
+  /** After `reset`: reload the snapshot over REST; the socket stays, its deltas wait. */
+  async #reload(ws, reset) {
+    this.#position = null;
+    this.#buffer = [];
+    this.#status('syncing', { detail: reset.reason || 'reset' });
+    const generation = this.#generation;
+    for (;;) {
+      const result = await this.#fetchSessions({ wantBody: true });
+      if (generation !== this.#generation || ws !== this.#ws || this.#stopped) return;
+      if (result.kind === 'unauthorized') return this.#unauthorized();
+      if (result.kind === 'not_ready') {
+        await new Promise((resolve) => setTimeout(resolve, result.retryAfterMs));
+        if (generation !== this.#generation || ws !== this.#ws) return;
+        continue;
+      }
+      if (result.kind !== 'ok' || result.body.epoch !== reset.epoch) {
+        // Unreachable, or restarted again meanwhile: this socket is stale. Start over.
+        this.#drop();
+        return this.#retryLater('connection lost');
+      }
+      const { sessions, seq, epoch } = result.body;
+      this.#position = { epoch, seq };
+      const held = this.#buffer;
+      this.#buffer = null;
+      this.#handlers.onSnapshot(sessions ?? [], this.position);
+      for (const delta of held) {
+        if (ws !== this.#ws) return; // a gap in the held deltas already moved us on
+        this.#delta(ws, delta);
+      }
+      if (ws === this.#ws) this.#live();
+      return;
+    }
+  }
+
+  async #fetchSessions({ wantBody }) {
+    let response;
+    try {
+      response = await fetch('/api/sessions', {
+        headers: { Authorization: `Bearer ${this.#token}` },
+        cache: 'no-store',
+      });
+    } catch {
+      return { kind: 'unreachable' };
+    }
+    if (response.status === 401) return { kind: 'unauthorized' };
+    if (response.status === 503) {
+      const seconds = Number(response.headers.get('Retry-After'));
+      const retryAfterMs = seconds > 0 ? seconds * 1000 : RETRY_AFTER_DEFAULT_MS;
+      return { kind: 'not_ready', retryAfterMs };
+    }
+    if (!response.ok) return { kind: 'unreachable' };
+    // Unread bodies are dropped with the response (cancelling one shows as a failed request).
+    if (!wantBody) return { kind: 'ok' };
+    try {
+      return { kind: 'ok', body: await response.json() };
+    } catch {
+      return { kind: 'unreachable' };
+    }
+  }
+
+  #live() {
+    this.#failures = 0;
+    this.#status('live');
+  }
+
+  #unauthorized() {
+    this.stop();
+    this.#status('unauthorized');
+    this.#handlers.onUnauthorized();
+  }
+
+  #retryLater(detail, minimumMs = 0) {
+    if (this.#stopped) return;
+    this.stats.reconnects += 1;
+    this.#failures += 1;
+    const ceiling = Math.min(BACKOFF_MAX_MS, this.#backoffBaseMs * 2 ** this.#attempt);
+    this.#attempt += 1;
+    // "Equal jitter": at least half the ceiling (so retries do back off), plus a random half
+    // (so a hundred tabs reconnecting after a restart do not arrive in the same millisecond).
+    const delay = Math.max(minimumMs, ceiling / 2 + Math.random() * (ceiling / 2));
+    this.#retryAt = Date.now() + delay;
+    this.#detail = detail;
+    clearTimeout(this.#timer);
+    this.#timer = setTimeout(() => this.#connect(), delay);
+    this.#announceWaiting();
+  }
+
+  #announceWaiting() {
+    if (this.#stopped || this.#ws || !this.#retryAt) return;
+    const offline = !navigator.onLine || this.#failures >= OFFLINE_AFTER_FAILURES;
+    this.#status(offline ? 'offline' : 'reconnecting', {
+      retryAt: this.#retryAt,
+      detail: navigator.onLine ? this.#detail : 'this browser is offline',
+    });
+  }
+
+  #drop(code = 1000, reason = '') {
+    const ws = this.#ws;
+    this.#ws = null;
+    this.#buffer = null;
+    if (!ws) return;
+    ws.onopen = ws.onmessage = ws.onclose = null;
+    try {
+      ws.close(code, reason);
+    } catch {
+      // already closing
+    }
+  }
+}

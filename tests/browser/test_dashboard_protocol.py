@@ -1,0 +1,218 @@
+"""The page's protocol edge cases, against a scripted server: duplicates, gaps, a bad resume.
+
+The real service never sends a duplicate or skips a seq on one connection, so these cases
+need a server that misbehaves on purpose. It is still a real HTTP and WebSocket server on
+loopback serving the real page; only its script is fixed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from aiohttp import web
+from playwright.async_api import Page, expect
+
+from control_room.app import STATIC_DIR
+from tests.conftest import TOKEN
+
+pytestmark = pytest.mark.browser
+
+EPOCH = "scripted"
+TIMEOUT_MS = 5000
+
+
+def session(sid: str, state: str, updated: str) -> dict[str, Any]:
+    """A session in the service's wire shape."""
+    return {
+        "id": sid,
+        "repository": "acme/api",
+        "branch": "main",
+        "title": f"Session {sid}",
+        "state": state,
+        "planStatus": "pending",
+        "approval": {"state": "pending"},
+        "participants": [],
+        "createdAt": "2025-01-01T00:00:00Z",
+        "updatedAt": updated,
+        "url": f"https://jules.google.com/session/{sid}",
+    }
+
+
+def updated(seq: int, sid: str, before: str, after: str) -> dict[str, Any]:
+    """An `updated` delta."""
+    stamp = f"2025-01-01T00:00:{seq:02d}Z"
+    return {
+        "type": "updated",
+        "sessionId": sid,
+        "before": session(sid, before, "2025-01-01T00:00:00Z"),
+        "after": session(sid, after, stamp),
+        "timestamp": stamp,
+        "seq": seq,
+    }
+
+
+Script = Callable[[web.WebSocketResponse, dict[str, str]], Awaitable[None]]
+
+
+class ScriptedServer:
+    """Serves the real page, answers REST with a fixed snapshot, and runs `script` per socket."""
+
+    def __init__(self, script: Script, *, refuse_resume: bool = False) -> None:
+        self.script = script
+        self.refuse_resume = refuse_resume
+        self.connections: list[dict[str, str]] = []
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        """Bind to an ephemeral loopback port."""
+        app = web.Application()
+        app.router.add_get("/", self._root)
+        app.router.add_get("/api/sessions", self._sessions)
+        app.router.add_static("/static/", STATIC_DIR)
+        self._runner = web.AppRunner(app, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = self._runner.addresses[0][:2]
+        self.url = f"http://{host}:{port}"
+
+    async def stop(self) -> None:
+        """Close everything."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _sessions(self, request: web.Request) -> web.Response:
+        if request.headers.get("Authorization") != f"Bearer {TOKEN}":
+            return web.json_response({"error": "unauthorized"}, status=401)
+        sessions = [session("a", "QUEUED", "2025-01-01T00:00:00Z")]
+        return web.json_response({"sessions": sessions, "seq": 5, "epoch": EPOCH})
+
+    async def _root(self, request: web.Request) -> web.StreamResponse:
+        if request.headers.get("Upgrade", "").lower() != "websocket":
+            return web.FileResponse(STATIC_DIR / "index.html")
+        if f"bearer.{TOKEN}" not in request.headers.get("Sec-WebSocket-Protocol", ""):
+            return web.json_response({"error": "unauthorized"}, status=401)
+        query = dict(request.query)
+        self.connections.append(query)
+        if self.refuse_resume and "since" in query:  # as the service does for a bad position
+            return web.json_response({"error": "bad_request", "parameter": "since"}, status=400)
+        ws = web.WebSocketResponse(protocols=("control-room.v1",))
+        await ws.prepare(request)
+        await self.script(ws, query)
+        async for _ in ws:  # keep the socket open until the page leaves
+            pass
+        return ws
+
+
+@pytest.fixture
+async def scripted() -> AsyncIterator[Callable[..., Awaitable[ScriptedServer]]]:
+    """Start scripted servers; all are stopped at the end of the test."""
+    servers: list[ScriptedServer] = []
+
+    async def start(script: Script, **options: bool) -> ScriptedServer:
+        server = ScriptedServer(script, **options)
+        await server.start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        await server.stop()
+
+
+async def test_duplicates_are_dropped_and_a_gap_resumes_from_the_last_good_seq(
+    page: Page, scripted: Callable[..., Awaitable[ScriptedServer]]
+) -> None:
+    async def script(ws: web.WebSocketResponse, query: dict[str, str]) -> None:
+        if query.get("snapshot") == "1":
+            snapshot = [session("a", "QUEUED", "2025-01-01T00:00:00Z")]
+            await ws.send_json({"type": "snapshot", "epoch": EPOCH, "seq": 5, "sessions": snapshot})
+            await ws.send_json(updated(6, "a", "QUEUED", "PLANNING"))
+            await ws.send_json(updated(6, "a", "QUEUED", "PLANNING"))  # duplicate
+            await ws.send_json(updated(8, "a", "AWAITING_PLAN_APPROVAL", "IN_PROGRESS"))  # gap
+        elif query.get("since") == "6" and query.get("epoch") == EPOCH:
+            await ws.send_json(updated(7, "a", "PLANNING", "AWAITING_PLAN_APPROVAL"))
+            await ws.send_json(updated(8, "a", "AWAITING_PLAN_APPROVAL", "IN_PROGRESS"))
+
+    server = await scripted(script)
+    await page.goto(f"{server.url}/#token={TOKEN}")
+
+    dashboard = page.get_by_test_id("dashboard")
+    await expect(dashboard).to_have_attribute("data-seq", "8", timeout=TIMEOUT_MS)
+    state = page.locator('tr[data-session-id="a"] [data-field="state"]')
+    await expect(state).to_have_attribute("data-value", "IN_PROGRESS")
+    stats = await page.evaluate("window.controlRoom.stream.stats")
+    assert stats["duplicates"] == 1
+    assert stats["gaps"] == 1
+    assert server.connections == [{"snapshot": "1"}, {"since": "6", "epoch": EPOCH}]
+    # Each delta reached the feed once: 6, 7, 8 (not the duplicate, not 8 twice).
+    seqs = await page.eval_on_selector_all(
+        '[data-testid="feed-item"]', "items => items.map(i => i.dataset.seq)"
+    )
+    assert seqs == ["8", "7", "6"]
+
+
+async def test_reset_reloads_the_snapshot_and_keeps_the_live_deltas_after_it(
+    page: Page, scripted: Callable[..., Awaitable[ScriptedServer]]
+) -> None:
+    first = asyncio.Event()
+
+    async def script(ws: web.WebSocketResponse, query: dict[str, str]) -> None:
+        if query.get("snapshot") == "1" and not first.is_set():
+            first.set()
+            snapshot = [session("old", "QUEUED", "2025-01-01T00:00:00Z")]
+            await ws.send_json(
+                {"type": "snapshot", "epoch": "old", "seq": 40, "sessions": snapshot}
+            )
+            await ws.close()  # the "restart"
+        elif query.get("since") == "40" and query.get("epoch") == "old":
+            await ws.send_json({"type": "reset", "epoch": EPOCH, "seq": 4, "reason": "epoch"})
+            # Live deltas keep coming while the page reloads: 5 is in its reload, 6 is not.
+            await ws.send_json(updated(5, "a", "QUEUED", "QUEUED"))
+            await ws.send_json(updated(6, "a", "QUEUED", "PLANNING"))
+
+    server = await scripted(script)
+    await page.goto(f"{server.url}/#token={TOKEN}")
+
+    dashboard = page.get_by_test_id("dashboard")
+    await expect(dashboard).to_have_attribute("data-epoch", EPOCH, timeout=TIMEOUT_MS)
+    await expect(dashboard).to_have_attribute("data-seq", "6")
+    await expect(page.locator('tr[data-session-id="old"]')).to_have_count(0)
+    state = page.locator('tr[data-session-id="a"] [data-field="state"]')
+    await expect(state).to_have_attribute("data-value", "PLANNING")
+    await expect(page.get_by_test_id("connection")).to_have_attribute("data-state", "live")
+    stats = await page.evaluate("window.controlRoom.stream.stats")
+    assert stats["resets"] == 1
+    assert stats["duplicates"] == 1  # seq 5 was already in the reloaded snapshot
+    assert server.connections == [{"snapshot": "1"}, {"since": "40", "epoch": "old"}]
+
+
+async def test_a_refused_resume_falls_back_to_a_snapshot(
+    page: Page, scripted: Callable[..., Awaitable[ScriptedServer]]
+) -> None:
+    snapshots = 0
+
+    async def script(ws: web.WebSocketResponse, query: dict[str, str]) -> None:
+        nonlocal snapshots
+        snapshots += 1
+        state = "QUEUED" if snapshots == 1 else "PLANNING"
+        snapshot = [session("a", state, f"2025-01-01T00:00:0{snapshots}Z")]
+        await ws.send_json({"type": "snapshot", "epoch": EPOCH, "seq": 5, "sessions": snapshot})
+        if snapshots == 1:
+            await ws.close()
+
+    server = await scripted(script, refuse_resume=True)
+    await page.goto(f"{server.url}/#token={TOKEN}")
+
+    state = page.locator('tr[data-session-id="a"] [data-field="state"]')
+    await expect(state).to_have_attribute("data-value", "PLANNING", timeout=TIMEOUT_MS)
+    await expect(page.get_by_test_id("connection")).to_have_attribute("data-state", "live")
+    assert server.connections == [
+        {"snapshot": "1"},
+        {"since": "5", "epoch": EPOCH},
+        {"snapshot": "1"},
+    ]
