@@ -114,8 +114,13 @@ class Poller:
 
     async def run(self) -> None:
         """Poll forever: the interval after a success, capped backoff after failures."""
+        loop = asyncio.get_running_loop()
         while True:
+            started = loop.time()
             delay = await self.poll_once()
+            if delay == self._interval:
+                # A period, start to start: a slow listing does not stretch the cadence.
+                delay = max(0.0, delay - (loop.time() - started))
             self.health.next_poll_in = delay
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
