@@ -92,7 +92,7 @@ class Poller:
         self._persist = persist
         self._notify = notify
         # A snapshot loaded from a store is diffed against (not re-announced) on the first poll.
-        self._listing = MappedListing({}, dict(initial)) if initial is not None else None
+        self._listing = MappedListing.of(dict(initial)) if initial is not None else None
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self.attempts = 0
@@ -150,7 +150,7 @@ class Poller:
         vanished = previous.sessions.keys() - current.sessions.keys()
         if vanished and len(vanished) <= MAX_DELETE_CONFIRMATIONS:
             await self._confirm_deletions(vanished, previous, current)
-        changes = diff(previous.sessions, current.sessions)
+        changes = diff(previous.sessions, current.sessions, current.fresh)
         diff_time = time.perf_counter() - started
         self._metrics.diff_duration.observe(diff_time)
 
@@ -232,6 +232,8 @@ class Poller:
                 continue
             if found is not None and not found.archived:
                 current.sessions[sid] = map_session(found, previous.sessions.get(sid))
+                if current.fresh is not None:
+                    current.fresh.append(sid)
 
     def _failed(self, exc: UpstreamError) -> float:
         health = self.health

@@ -74,3 +74,13 @@ def test_every_id_appears_at_most_once(
 ) -> None:
     ids = [c.sessionId for c in diff(a, b)]
     assert len(ids) == len(set(ids))
+
+
+@given(snapshots, snapshots)
+def test_candidates_give_the_same_changes_as_a_full_scan(
+    a: dict[str, JulesSession], b: dict[str, JulesSession]
+) -> None:
+    # Unchanged sessions are the very same objects, as the mapping hands them over.
+    shared = {k: (a[k] if k in a and a[k] == v else v) for k, v in b.items()}
+    candidates = [k for k, v in shared.items() if v is not a.get(k)]
+    assert diff(a, shared, candidates) == diff(a, shared)

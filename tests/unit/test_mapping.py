@@ -180,3 +180,14 @@ def test_unknown_fields_and_values_never_crash() -> None:
     )
     s = map_session(weird)
     assert (s.state, s.planStatus, s.repository, s.branch) == ("BRAND_NEW_STATE", "pending", "", "")
+
+
+def test_a_shifted_listing_still_reuses_unchanged_sessions() -> None:
+    bodies = [body(id=str(i), title=f"t{i}") for i in range(40)]
+    first = map_listing(bodies, MappedListing.empty())
+    shifted = [body(id="new1"), body(id="new2"), *bodies[:10], *bodies[13:]]  # 2 up, 3 gone
+    second = map_listing(shifted, first)
+    assert set(second.sessions) == {"new1", "new2"} | {str(i) for i in (*range(10), *range(13, 40))}
+    for sid in ("0", "9", "13", "39"):
+        assert second.sessions[sid] is first.sessions[sid]  # recognised, not decoded again
+    assert second.sessions == map_listing(shifted, MappedListing.empty()).sessions

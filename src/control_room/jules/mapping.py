@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Final
 
 from control_room.jules.types import RawSession, Session, session_decoder
@@ -89,52 +89,87 @@ def map_session(session: Session, previous: JulesSession | None = None) -> Jules
     )
 
 
-class MappedListing:
-    """A complete upstream listing, mapped; remembers each session's raw JSON.
+RESYNC_WINDOW: Final = 8
+"""How far (in positions) an unchanged session is looked for when the listing shifted:
+sessions created above it or deleted before it move it by one place each; more than eight
+such changes in one poll is rare, and then the session is simply decoded again."""
 
-    `by_body` maps the exact bytes the upstream sent for a session to its id, so the next
-    listing recognises every unchanged session by a dict lookup on its bytes (one hash and
-    one memcmp, exact: no fingerprint that could collide) instead of decoding it.
+
+class MappedListing:
+    """A complete upstream listing, mapped; remembers each entry's raw JSON and id.
+
+    The next listing recognises an unchanged session by comparing its bytes with the entry
+    at the same position last time (one memcmp, exact): no copy, no hash, no decode.
     """
 
-    __slots__ = ("by_body", "sessions")
+    __slots__ = ("fresh", "ids", "raws", "sessions")
 
-    def __init__(self, by_body: dict[bytes, str], sessions: dict[str, JulesSession]) -> None:
-        self.by_body = by_body
+    def __init__(
+        self,
+        raws: Sequence[RawSession],
+        ids: Sequence[str | None],
+        sessions: dict[str, JulesSession],
+        fresh: list[str] | None = None,
+    ) -> None:
+        self.raws = raws
+        self.ids = ids  # the session each raw entry became; None when it was skipped
         self.sessions = sessions
+        # Ids mapped afresh from changed bytes: the only ones that can differ from the
+        # previous listing (None: unknown, compare them all).
+        self.fresh = fresh
 
     @classmethod
     def empty(cls) -> MappedListing:
         """A listing with no sessions (the state before the first poll)."""
-        return cls({}, {})
+        return cls((), (), {})
+
+    @classmethod
+    def of(cls, sessions: dict[str, JulesSession]) -> MappedListing:
+        """A listing known only by its mapped sessions (loaded from a store)."""
+        return cls((), (), sessions, None)
 
 
 def map_listing(listing: Iterable[RawSession], previous: MappedListing) -> MappedListing:
     """Map a complete listing of raw sessions, reusing every unchanged session's mapping.
 
     Only sessions whose bytes changed are decoded and mapped: a poll where 1 % of 10,000
-    sessions changed decodes 100. Archived sessions and entries with no id are left out;
-    a repeated id (paging while the list shifts) keeps its first occurrence, which is the
-    newest when the upstream lists newest first. A session that does not decode raises
-    msgspec.ValidationError (or DecodeError): the listing as a whole is then unusable.
+    sessions changed decodes 100. An entry is matched against the previous listing at the
+    same position, then within RESYNC_WINDOW places (the list shifted). Archived sessions
+    and entries with no id are left out; a repeated id (paging while the list shifts)
+    keeps its first occurrence, the newest when the upstream lists newest first. A session
+    that does not decode raises msgspec.ValidationError (or DecodeError): the listing as a
+    whole is then unusable.
     """
-    by_body: dict[bytes, str] = {}
+    raws = list(listing)
+    ids: list[str | None] = [None] * len(raws)
     sessions: dict[str, JulesSession] = {}
-    prev_ids = previous.by_body
-    prev_sessions = previous.sessions
+    fresh: list[str] = []
+    prev_raws, prev_ids, prev_sessions = previous.raws, previous.ids, previous.sessions
+    n_prev = len(prev_raws)
     decode = session_decoder.decode
-    for raw in listing:
-        body = bytes(raw)
-        sid = prev_ids.get(body)
-        if sid is not None:
-            if sid not in sessions:
-                by_body[body] = sid
+    offset = 0
+    for i, raw in enumerate(raws):
+        j = i + offset
+        if not (0 <= j < n_prev and raw == prev_raws[j]):
+            j = -1
+            for k in range(
+                max(0, i + offset - RESYNC_WINDOW), min(n_prev, i + offset + RESYNC_WINDOW + 1)
+            ):
+                if raw == prev_raws[k]:
+                    j = k
+                    offset = k - i
+                    break
+        if j >= 0:
+            sid = prev_ids[j]
+            if sid is not None and sid not in sessions:
+                ids[i] = sid
                 sessions[sid] = prev_sessions[sid]
             continue
-        session = decode(body)
+        session = decode(raw)
         sid = session.session_id
         if not sid or session.archived or sid in sessions:
             continue
-        by_body[body] = sid
+        ids[i] = sid
         sessions[sid] = map_session(session, prev_sessions.get(sid))
-    return MappedListing(by_body, sessions)
+        fresh.append(sid)
+    return MappedListing(raws, ids, sessions, fresh)
