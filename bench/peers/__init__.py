@@ -1,0 +1,1 @@
+"""Peer servers the control room is measured against (run as scripts, not imported by it)."""
