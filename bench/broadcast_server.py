@@ -26,8 +26,9 @@ from control_room import logging as logs
 from control_room.app import Service
 from control_room.broker.base import Batch
 from control_room.jules.types import Session
-from control_room.models import Approval, Change, JulesSession, PullRequest
+from control_room.models import Approval, Change, JulesSession, Position, PullRequest
 from control_room.poller import iso_now
+from control_room.store.base import Store
 
 NO_POLL_S: Final = 3600.0  # the stub upstream never changes; one baseline poll is enough
 SESSION_ID: Final = "10000000042"
@@ -81,14 +82,25 @@ class Publisher:
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run())
 
-    def publish_one(self) -> None:
-        """Stamp and publish one delta, the way the poller publishes a diff."""
+    def next_batch(self) -> Batch:
+        """Stamp one delta, the way the poller stamps a diff."""
         self._cid += 1
         after = bench_session(f"bench {self._cid} {time.time_ns()}", "IN_PROGRESS")
         broker = self._service.broker
         deltas = broker.stamp([Change("updated", SESSION_ID, self._before, after)], iso_now())
-        broker.publish(Batch(deltas))
         self._before = after
+        return Batch(deltas)
+
+    def publish_one(self) -> None:
+        """Stamp and publish one delta (no store: nothing to persist first)."""
+        self._service.broker.publish(self.next_batch())
+
+    async def persist_and_publish_one(self, store: Store) -> None:
+        """With PERSIST=1: commit the delta and the snapshot first, as the poller does."""
+        batch = self.next_batch()
+        position = Position(self._service.broker.position.epoch, batch.last_seq)
+        await store.save(batch, {SESSION_ID: self._before}, position)
+        self._service.broker.publish(batch)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -97,7 +109,11 @@ class Publisher:
             delay = start + i * self._period - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
-            self.publish_one()
+            store = self._service.store
+            if store is None:
+                self.publish_one()
+            else:
+                await self.persist_and_publish_one(store)
 
 
 async def serve(rate: float, count: int) -> None:

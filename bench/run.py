@@ -6,7 +6,7 @@ Workloads (all on 127.0.0.1; every loop bounded in count and time):
   broadcast  ~1 KB deltas published straight into the broadcast at a fixed rate.
   idle       RSS per idle authenticated connection, heartbeat running.
   diff       diff + mapping of 10,000 and 50,000 sessions with 1 % changed.
-  store      `bench.store_bench` (persistence figures), when that module exists.
+  store      `bench.store_bench` and `bench.replay_bench` (persistence and replay figures).
 
 Servers: `control-room` (this project; `bench.broadcast_server` for the broadcast
 workload), `node-ws` (the seed's design in Node `ws`, bench/peers/node-ws) and
@@ -934,9 +934,11 @@ def markdown(report: dict[str, Any]) -> str:
         *diff_table(report["diff"], report["options"]["diff_sizes"]),
         "",
     ]
-    if report.get("store"):
-        store = report["store"].rstrip()
-        lines += ["## Persistence (bench.store_bench)", "", "```text", store, "```", ""]
+    titles = {"store": "Persistence", "replay": "Replay to a resuming client"}
+    for key, module in TEXT_BENCHES:
+        if report.get(key):
+            text = report[key].rstrip()
+            lines += [f"## {titles[key]} ({module})", "", "```text", text, "```", ""]
     if report["notes"]:
         lines += ["## Notes", "", *(f"- {n}" for n in report["notes"]), ""]
     return "\n".join(lines)
@@ -1076,31 +1078,43 @@ async def run_suite(suite: Suite, command: str) -> dict[str, Any]:
         if upstream.returncode is None:
             upstream.kill()
 
-    store = ROOT / "bench" / "store_bench.py"
-    if suite.store and store.is_file():
-        print("persistence (bench.store_bench)", flush=True)
-        proc = await asyncio.create_subprocess_exec(
-            PY,
-            "-m",
-            "bench.store_bench",
-            preexec_fn=die_with_parent,
-            cwd=ROOT,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        try:
-            out, err = await asyncio.wait_for(proc.communicate(), STORE_TIMEOUT_S)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-            notes.append(f"bench.store_bench stopped after {STORE_TIMEOUT_S:.0f} s")
-        else:
-            report["store"] = out.decode()
-            if proc.returncode != 0:
-                notes.append(f"bench.store_bench exited {proc.returncode}: {err.decode()[-500:]}")
+    for key, module in TEXT_BENCHES:
+        if suite.store and (ROOT / "bench" / f"{module.rpartition('.')[2]}.py").is_file():
+            await text_bench(report, notes, key, module)
     report["duration_s"] = time.perf_counter() - t0
     return report
+
+
+TEXT_BENCHES: Final = (
+    ("store", "bench.store_bench"),  # persisting a poll, reading history back (issue 3)
+    ("replay", "bench.replay_bench"),  # 10,000 deltas replayed to a resuming client (issue 3)
+)
+"""Benchmarks that print their own table; their output is copied into the report."""
+
+
+async def text_bench(report: dict[str, Any], notes: list[str], key: str, module: str) -> None:
+    """Run one table-printing benchmark module and keep what it printed."""
+    print(f"{key} ({module})", flush=True)
+    proc = await asyncio.create_subprocess_exec(
+        PY,
+        "-m",
+        module,
+        preexec_fn=die_with_parent,
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), STORE_TIMEOUT_S)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        notes.append(f"{module} stopped after {STORE_TIMEOUT_S:.0f} s")
+        return
+    report[key] = out.decode()
+    if proc.returncode != 0:
+        notes.append(f"{module} exited {proc.returncode}: {err.decode()[-500:]}")
 
 
 async def profile_only(suite: Suite) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from control_room.broker.base import Batch, HistoryGone
+from control_room.broker.base import Batch, Entry, HistoryGone
 from control_room.broker.memory import MemoryBroker
 from control_room.models import Change, Position
 
@@ -88,3 +88,19 @@ def test_a_batch_must_follow_the_position() -> None:
     stale = Batch(MemoryBroker(10).stamp([Change("created", "a", None, session("a"))], "t"))
     with pytest.raises(ValueError, match="does not follow"):
         broker.publish(stale)
+
+
+async def test_a_hole_in_older_history_is_gone_not_a_silent_gap() -> None:
+    broker = MemoryBroker(3)
+    publish(broker, "a", "b", "c", "d", "e", "f")
+    kept = {e.seq: e for e in broker.history_now(3)}  # 4, 5, 6 are in the ring
+
+    async def store_with_a_hole(since: int, limit: int | None, sid: str | None) -> list[Entry]:
+        entries = [Entry(2, "b", b"{}"), Entry(4, "d", kept[4].payload)]  # 3 is missing
+        return entries if limit is None else entries[:limit]
+
+    broker = MemoryBroker(3, older=store_with_a_hole)
+    publish(broker, "a", "b", "c", "d", "e", "f")
+    with pytest.raises(HistoryGone):
+        await broker.history(1)
+    assert await broker.history(1, limit=0) == []
