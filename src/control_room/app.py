@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from importlib import resources
 from pathlib import Path
 from typing import Final
@@ -23,6 +22,7 @@ from control_room.poller import Poller, Upstream
 from control_room.responses import json_error
 from control_room.store import create_store, prune_forever
 from control_room.store.base import Store
+from control_room.tasks import cancel_and_wait
 from control_room.ws.handler import WebSocketEndpoint
 from control_room.ws.hub import Hub
 
@@ -184,11 +184,7 @@ class Service:
 
     async def stop(self) -> None:
         """Stop polling, close every client with 1001, release the port and the upstream."""
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         self._tasks = []
         if self.notifier is not None:
             await self.notifier.stop()

@@ -18,7 +18,6 @@ Where the pending deltas live depends on persistence:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import time
 from collections import deque
@@ -38,6 +37,7 @@ from control_room.metrics import Metrics
 from control_room.models import Position
 from control_room.signing import headers, message_id, secret_key
 from control_room.store.base import Store
+from control_room.tasks import cancel_and_wait
 
 RETRY_BASE_S: Final = 1.0  # the first retry comes quickly: most failures are blips
 RETRY_CAP_S: Final = 300.0  # 5 min: a long outage costs one request per endpoint every ~5 min
@@ -275,11 +275,7 @@ class Notifier:
 
         A delivery in flight is sent again after a restart (with the same webhook-id).
         """
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         self._tasks = []
         if self._store is not None:
             for ep in self.endpoints:  # progress not yet written: spare the receiver a resend
