@@ -94,7 +94,18 @@ class Service:
         return f"ws://{self.settings.host}:{self.port}/"
 
     async def start(self) -> None:
-        """Connect the parts, bind the port, start polling and the heartbeat."""
+        """Connect the parts, bind the port, start polling and the heartbeat.
+
+        If any step fails (the port is taken, the store will not open), whatever was
+        already opened is closed again before the error propagates.
+        """
+        try:
+            await self._start()
+        except BaseException:
+            await self._release()
+            raise
+
+    async def _start(self) -> None:
         s = self.settings
         # First, before anything can publish: the position and snapshot the store kept.
         initial = await self._open_store() if self.store is not None else None
@@ -184,6 +195,11 @@ class Service:
 
     async def stop(self) -> None:
         """Stop polling, close every client with 1001, release the port and the upstream."""
+        await self._release()
+        log.info("Service stopped")
+
+    async def _release(self) -> None:
+        """Close whatever is open; safe on a service that started only partly."""
         await cancel_and_wait(self._tasks)
         self._tasks = []
         if self.notifier is not None:
@@ -200,7 +216,6 @@ class Service:
             self._http = None
         if self.store is not None:
             await self.store.close()
-        log.info("Service stopped")
 
     async def _open_store(self) -> Snapshot | None:
         """Open the store; adopt its position and return its snapshot (None: a new store).
@@ -210,11 +225,7 @@ class Service:
         """
         store = self.store
         assert store is not None
-        try:
-            loaded = await store.open()
-        except BaseException:
-            await store.close()
-            raise
+        loaded = await store.open()  # on failure, start() closes it again
         if loaded is None:
             log.info("Store created", extra={"epoch": self.broker.position.epoch})
             return None

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import gc
 import importlib
 import os
@@ -13,12 +14,14 @@ import secrets
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from control_room import config
 from control_room import logging as logs
-from control_room.app import Service
 from control_room.store.base import SchemaTooNew, StoreError
+
+if TYPE_CHECKING:
+    from control_room.app import Service
 
 EXIT_CONFIG: Final = 2
 DEMO_POLL_INTERVAL_S: Final = 1.0  # the demo should feel live; real accounts keep 5 s
@@ -61,6 +64,8 @@ async def _serve_until(service: Service, stop: asyncio.Event) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve against the upstream named by the environment."""
+    from control_room.app import Service  # here, so `watch` and `sessions` start quickly
+
     settings = config.load()
     logs.configure(settings.log_level, settings.log_format)
     _run(lambda stop: _serve_until(Service(settings), stop))
@@ -69,6 +74,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Serve against an embedded simulator, with a generated token, and say how to connect."""
+    from control_room.app import Service
     from control_room.jules.simulator import Simulator, SimulatorServer
 
     env = dict(os.environ)
@@ -175,6 +181,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     except StoreError as exc:  # the store could not be opened: nothing to serve from
         print(f"control-room: store error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        print(
+            f"control-room: cannot listen: {exc.strerror}; another process has the port"
+            " (stop it, or choose another with PORT=...)",
+            file=sys.stderr,
+        )
         return 1
     except KeyboardInterrupt:
         return 0

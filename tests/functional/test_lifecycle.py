@@ -127,3 +127,29 @@ async def test_sigterm_closes_clients_with_1001_and_exits_0(
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_a_taken_port_is_one_clear_line_and_exit_1(upstream: SimulatorServer) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        env = {
+            **os.environ,
+            "PORT": str(taken.getsockname()[1]),
+            "LOCAL_TOKEN": TOKEN,
+            "JULES_API_KEY": API_KEY,
+            "JULES_API_BASE": upstream.base_url,
+        }
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "control_room.cli",
+            "serve",
+            env=env,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, err = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode == 1
+    lines = err.decode().strip().splitlines()
+    assert len(lines) == 1, lines  # no traceback, no unclosed-session warning
+    assert "address already in use" in lines[0]
