@@ -5,27 +5,13 @@ from __future__ import annotations
 from control_room.broker.base import Batch
 from control_room.broker.memory import MemoryBroker
 from control_room.diff import diff
-from control_room.models import Approval, JulesSession, Position, Snapshot
+from control_room.models import JulesSession, Position, Snapshot
 from control_room.store.base import Store
+from tests.factories import session
+
+__all__ = ["Timeline", "session", "sessions"]
 
 TIMESTAMP = "2026-01-01T00:00:00.000Z"
-
-
-def session(sid: str, state: str = "QUEUED", title: str = "Fix the flaky test") -> JulesSession:
-    """A plausible session."""
-    return JulesSession(
-        id=sid,
-        repository="acme/api",
-        branch="main",
-        title=title,
-        state=state,
-        planStatus="pending",
-        approval=Approval(state="pending"),
-        participants=(),
-        createdAt="2026-01-01T00:00:00Z",
-        updatedAt="2026-01-01T00:00:00Z",
-        url=f"https://jules.google.com/session/{sid}",
-    )
 
 
 def sessions(*items: JulesSession) -> Snapshot:

@@ -8,8 +8,7 @@ import pytest
 from control_room.broker.base import Batch, Entry, HistoryGone
 from control_room.broker.memory import MemoryBroker
 from control_room.models import Change, Position
-
-from .test_diff import session
+from tests.factories import session
 
 
 class Recorder:

@@ -6,23 +6,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from control_room.diff import apply, diff
-from control_room.models import Approval, JulesSession
-
-
-def session(sid: str, state: str = "QUEUED", title: str = "t") -> JulesSession:
-    return JulesSession(
-        id=sid,
-        repository="acme/api",
-        branch="main",
-        title=title,
-        state=state,
-        planStatus="pending",
-        approval=Approval(state="pending"),
-        participants=(),
-        createdAt="c",
-        updatedAt="u",
-        url="",
-    )
+from control_room.models import JulesSession
+from tests.factories import session
 
 
 def test_no_change_gives_no_delta() -> None:
