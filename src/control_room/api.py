@@ -9,6 +9,7 @@ from typing import Final
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from control_room import logging as logs
 from control_room.auth import bearer_auth
 from control_room.broker.base import Broker, HistoryGone
 from control_room.metrics import Metrics
@@ -22,6 +23,8 @@ from control_room.ws.params import BadParameter, parse_seq
 RETRY_STORE_S: Final = 5  # a store outage is retried by the poller each interval, too
 MAX_DELTAS_PER_PAGE: Final = 1_000  # one response stays a few MB at most
 JSON: Final = "application/json"
+
+log = logs.get("api")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Readiness = Callable[[], str | None]
@@ -126,8 +129,9 @@ class Api:
                 seq=position.seq,
                 message="since is older than the retained history; reload /api/sessions",
             )
-        except StoreError:
+        except StoreError as exc:
             # Older history lives only in the store: not gone, just unreachable for now.
+            log.warning("History read failed; store unavailable", extra={"error": str(exc)})
             response = json_error(
                 503, "store_unavailable", message="history older than memory needs the store"
             )

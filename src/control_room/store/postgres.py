@@ -34,6 +34,14 @@ DB_ERRORS: Final = (
     TimeoutError,
 )
 
+STALE_CONNECTION: Final = (
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.InterfaceError,
+    asyncpg.AdminShutdownError,
+    ConnectionError,
+)
+"""Failures of a pooled connection that died while idle: the next one may well work."""
+
 MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
     # 1: deltas (append-only), the snapshot, webhook cursors. Payloads are the exact bytes
     # clients received, so replay sends them unchanged (jsonb would reorder keys).
@@ -180,7 +188,22 @@ class PostgresStore:
     async def history(
         self, since: int, limit: int | None = None, session_id: str | None = None
     ) -> list[Entry]:
-        """Entries after `since`, oldest first; HistoryGone when `since` was pruned."""
+        """Entries after `since`, oldest first; HistoryGone when `since` was pruned.
+
+        A read is tried twice when the first pooled connection turns out dead: after the
+        database restarts (or kills our sessions) the pool still holds connections that
+        fail on first use, and a client's resume should not pay for that.
+        """
+        try:
+            return await self._history(since, limit, session_id)
+        except StoreError as exc:
+            if not isinstance(exc.__cause__, STALE_CONNECTION) or self._pool is None:
+                raise
+            # Its siblings died with it: have the pool replace them all, then try once more.
+            await self._pool.expire_connections()
+            return await self._history(since, limit, session_id)
+
+    async def _history(self, since: int, limit: int | None, session_id: str | None) -> list[Entry]:
         query = "SELECT seq, session_id, payload FROM deltas WHERE seq > $1"
         args: list[object] = [since]
         if session_id is not None:
