@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import asyncpg
 
@@ -33,6 +33,8 @@ DB_ERRORS: Final = (
     OSError,
     TimeoutError,
 )
+
+T = TypeVar("T")
 
 STALE_CONNECTION: Final = (
     asyncpg.ConnectionDoesNotExistError,
@@ -139,8 +141,27 @@ class PostgresStore:
 
     # -- save --
 
+    async def _twice(self, operation: Callable[[], Awaitable[T]]) -> T:
+        """Run `operation`; if its pooled connection had died while idle, once more.
+
+        After the database restarts (or kills our sessions) the pool still holds
+        connections that fail on first use, before any statement runs, so nothing was
+        done and the retry is safe: the pool replaces them all, and the next try gets a
+        fresh one. Any other failure propagates at once.
+        """
+        try:
+            return await operation()
+        except StoreError as exc:
+            if not isinstance(exc.__cause__, STALE_CONNECTION) or self._pool is None:
+                raise
+            await self._pool.expire_connections()
+            return await operation()
+
     async def save(self, batch: Batch, sessions: Snapshot, position: Position) -> None:
         """Append the batch and replace the snapshot atomically; raise StoreError on failure."""
+        await self._twice(lambda: self._save(batch, sessions, position))
+
+    async def _save(self, batch: Batch, sessions: Snapshot, position: Position) -> None:
         entries = batch.entries
         now = time.time()
         with _translated():
@@ -190,18 +211,9 @@ class PostgresStore:
     ) -> list[Entry]:
         """Entries after `since`, oldest first; HistoryGone when `since` was pruned.
 
-        A read is tried twice when the first pooled connection turns out dead: after the
-        database restarts (or kills our sessions) the pool still holds connections that
-        fail on first use, and a client's resume should not pay for that.
+        Tried twice when the pooled connection turns out dead (see `_twice`).
         """
-        try:
-            return await self._history(since, limit, session_id)
-        except StoreError as exc:
-            if not isinstance(exc.__cause__, STALE_CONNECTION) or self._pool is None:
-                raise
-            # Its siblings died with it: have the pool replace them all, then try once more.
-            await self._pool.expire_connections()
-            return await self._history(since, limit, session_id)
+        return await self._twice(lambda: self._history(since, limit, session_id))
 
     async def _history(self, since: int, limit: int | None, session_id: str | None) -> list[Entry]:
         query = "SELECT seq, session_id, payload FROM deltas WHERE seq > $1"
