@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 EXIT_CONFIG: Final = 2
 DEMO_POLL_INTERVAL_S: Final = 1.0  # the demo should feel live; real accounts keep 5 s
 DEMO_TICK_S: Final = 2.0  # the simulated sessions move every couple of seconds
+DEMO_START_SESSIONS: Final = 8  # enough rows to show every state without scrolling
+DEMO_WARMUP_TICKS: Final = 60  # a bound on the warm-up, whatever the seed
 GC_THRESHOLDS: Final = (50_000, 50, 1_000)
 
 log = logs.get("cli")
@@ -88,7 +90,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     async def main(stop: asyncio.Event) -> None:
         sim = Simulator(seed)
-        for _ in range(6):  # start with a few sessions so the page is not empty
+        for _ in range(DEMO_WARMUP_TICKS):  # start with a board worth looking at
+            if len(sim) >= DEMO_START_SESSIONS:
+                break
             sim.tick()
         async with SimulatorServer(sim, api_key, tick_interval=args.tick) as upstream:
             service = Service(dataclasses.replace(settings, jules_api_base=upstream.base_url))
