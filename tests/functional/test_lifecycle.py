@@ -9,9 +9,11 @@ import socket
 import sys
 
 import aiohttp
+import pytest
 
 from control_room.app import Service
 from control_room.jules.simulator import Simulator, SimulatorServer
+from control_room.ws.handler import WebSocketEndpoint
 from tests.conftest import API_KEY, MS, TOKEN, connect, receive_json
 
 
@@ -153,3 +155,33 @@ async def test_a_taken_port_is_one_clear_line_and_exit_1(upstream: SimulatorServ
     lines = err.decode().strip().splitlines()
     assert len(lines) == 1, lines  # no traceback, no unclosed-session warning
     assert "address already in use" in lines[0]
+
+
+async def test_a_crash_in_one_connection_handler_leaves_the_server_serving(
+    http: aiohttp.ClientSession,
+    service: Service,
+    sim: Simulator,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    assert service.poller is not None
+    await service.poller.poll_once()
+    sim.create()
+    await service.poller.poll_once()
+
+    async def broken_replay(*args: object) -> None:
+        raise RuntimeError("a bug in one connection's handler")
+
+    monkeypatch.setattr(WebSocketEndpoint, "_replay", broken_replay)
+    epoch = service.broker.position.epoch
+    victim = await connect(http, service, f"?since=0&epoch={epoch}")
+    msg = await asyncio.wait_for(victim.receive(), 2)
+    assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+    assert "WebSocket handler failed" in caplog.text
+    await wait_until(lambda: len(service.hub) == 0)
+    assert service.metrics.connections_closed.labels("error")._value.get() == 1
+
+    healthy = await connect(http, service)
+    created = sim.create()
+    await service.poller.poll_once()
+    assert (await receive_json(healthy))["sessionId"] == created["id"]
