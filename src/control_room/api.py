@@ -27,7 +27,6 @@ JSON: Final = "application/json"
 log = logs.get("api")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-Readiness = Callable[[], str | None]
 
 
 def json_bytes(body: bytes, status: int = 200) -> web.Response:
@@ -47,7 +46,6 @@ class Api:
         hub: Hub,
         metrics: Metrics,
         metrics_public: bool,
-        extra_readiness: Readiness | None = None,
         stats_extra: Callable[[], dict[str, object]] | None = None,
     ) -> None:
         self._token = token
@@ -56,7 +54,6 @@ class Api:
         self._hub = hub
         self._metrics = metrics
         self._metrics_public = metrics_public
-        self._extra_readiness = extra_readiness
         self._stats_extra = stats_extra
         self._started = time.time()
 
@@ -152,6 +149,7 @@ class Api:
                 "lastError": h.last_error,
                 "consecutiveFailures": h.consecutive_failures,
                 "sessions": h.sessions,
+                "nextPollAt": h.next_poll_at,
             },
             "store": {"error": h.store_error},
             "clients": len(self._hub),
@@ -165,8 +163,6 @@ class Api:
             reason = "the first poll has not completed"
         elif self._poller.health.store_error is not None:
             reason = f"store: {self._poller.health.store_error}"
-        elif self._extra_readiness is not None:
-            reason = self._extra_readiness()
         if reason is not None:
             return json_error(503, "not_ready", message=reason)
         return json_bytes(encode({"status": "ready"}))

@@ -8,10 +8,6 @@ import msgspec
 
 DeltaType = Literal["created", "updated", "deleted"]
 
-CREATED: Final = "created"
-UPDATED: Final = "updated"
-DELETED: Final = "deleted"
-
 
 class Approval(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
     """Whether the session's plan has been approved, and when this service first saw it."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -57,7 +56,7 @@ class UpstreamHealth:
     store_error: str | None = None
     baseline_done: bool = False
     sessions: int = 0
-    next_poll_in: float = 0.0
+    next_poll_at: float | None = None
     started: float = field(default_factory=time.time)
 
     @property
@@ -94,7 +93,6 @@ class Poller:
         # A snapshot loaded from a store is diffed against (not re-announced) on the first poll.
         self._listing = MappedListing.of(dict(initial)) if initial is not None else None
         self._lock = asyncio.Lock()
-        self._wake = asyncio.Event()
         self.attempts = 0
         self.health = UpstreamHealth()
 
@@ -108,10 +106,6 @@ class Poller:
         """True once a complete listing has been taken since start."""
         return self.health.baseline_done
 
-    def poll_soon(self) -> None:
-        """Cut the current wait short (after a write to the upstream, or in tests)."""
-        self._wake.set()
-
     async def run(self) -> None:
         """Poll forever: the interval after a success, capped backoff after failures."""
         loop = asyncio.get_running_loop()
@@ -121,10 +115,8 @@ class Poller:
             if delay == self._interval:
                 # A period, start to start: a slow listing does not stretch the cadence.
                 delay = max(0.0, delay - (loop.time() - started))
-            self.health.next_poll_in = delay
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay)
+            self.health.next_poll_at = time.time() + delay
+            await asyncio.sleep(delay)
 
     async def poll_once(self) -> float:
         """One complete poll; returns how long to wait before the next one."""

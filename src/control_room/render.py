@@ -46,11 +46,6 @@ STATE_STYLE: Final = {
     "FAILED": RED,
 }
 
-# Fields shown when they change, in this order; updatedAt changes on every update (noise),
-# and id/createdAt never change.
-COMPARED_FIELDS: Final = ("state", "planStatus", "approval", "pullRequest", "title", "branch")
-OTHER_FIELDS: Final = ("repository", "url", "participants")
-
 
 def paint(text: str, style: str | None, color: bool) -> str:
     """`text` wrapped in an SGR colour when `color` is on and a style is given."""

@@ -87,9 +87,6 @@ class Broker(Protocol):
     def add_sink(self, sink: Sink) -> None:
         """Deliver every later batch to `sink`."""
 
-    def remove_sink(self, sink: Sink) -> None:
-        """Stop delivering to `sink`."""
-
     async def history(
         self, since: int, limit: int | None = None, session_id: str | None = None
     ) -> list[Entry]:

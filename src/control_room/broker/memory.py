@@ -85,11 +85,6 @@ class MemoryBroker:
         """Deliver every later batch to `sink`."""
         self._sinks.append(sink)
 
-    def remove_sink(self, sink: Sink) -> None:
-        """Stop delivering to `sink`."""
-        if sink in self._sinks:
-            self._sinks.remove(sink)
-
     def history_now(
         self, since: int, limit: int | None = None, session_id: str | None = None
     ) -> list[Entry]:
