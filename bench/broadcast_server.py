@@ -29,6 +29,7 @@ from control_room.jules.types import Session
 from control_room.models import Approval, Change, JulesSession, Position, PullRequest
 from control_room.poller import iso_now
 from control_room.store.base import Store
+from control_room.tasks import run_loop
 
 NO_POLL_S: Final = 3600.0  # the stub upstream never changes; one baseline poll is enough
 SESSION_ID: Final = "10000000042"
@@ -143,12 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=100, help="deltas per SIGUSR2")
     args = parser.parse_args(argv)
     coro = serve(args.rate, args.count)
-    try:
-        import uvloop
-
-        uvloop.run(coro)
-    except ImportError:
-        asyncio.run(coro)
+    run_loop(coro)
     return 0
 
 

@@ -33,6 +33,8 @@ from typing import Any, Final
 import msgspec
 import picows
 
+from control_room.tasks import run_loop
+
 CONNECT_CONCURRENCY: Final = 64
 """Handshakes in flight per process: the servers' accept backlogs are 100-511, and a SYN
 dropped on a full backlog waits a whole second for its retransmission."""
@@ -219,12 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-seconds", type=float, default=MAX_SECONDS)
     args = parser.parse_args(argv)
     coro = run(args.url, args.token, args.clients, args.max_seconds)
-    try:
-        import uvloop
-
-        uvloop.run(coro)
-    except ImportError:
-        asyncio.run(coro)
+    run_loop(coro)
     return 0
 
 

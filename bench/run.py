@@ -46,6 +46,7 @@ import aiohttp
 import msgspec
 
 from bench.loadgen import raise_file_limit
+from control_room.tasks import run_loop
 
 ROOT: Final = Path(__file__).resolve().parent.parent
 RESULTS: Final = ROOT / "bench" / "results"
@@ -1160,13 +1161,7 @@ def main(argv: list[str] | None = None) -> int:
     if "node-ws" in suite.servers and not node_ready(suite.notes):
         suite.servers.remove("node-ws")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    runner: Callable[[Any], Any]
-    try:
-        import uvloop
-
-        runner = uvloop.run
-    except ImportError:
-        runner = asyncio.run
+    runner = run_loop
     if args.profile:
         runner(profile_only(suite))
         return 0

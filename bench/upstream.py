@@ -27,6 +27,8 @@ from typing import Any, Final
 import msgspec
 from aiohttp import web
 
+from control_room.tasks import run_loop
+
 DEFAULT_SESSIONS: Final = 250  # three pages of 100: paging is exercised on every poll
 MAX_PAGE_SIZE: Final = 100  # the Jules API's own maximum
 MAX_PERIODS: Final = 10_000  # a run stops by itself; this bounds a mistyped request
@@ -224,12 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     coro = serve(args.host, args.port, args.sessions, args.api_key)
     with contextlib.suppress(KeyboardInterrupt):
-        try:
-            import uvloop
-
-            uvloop.run(coro)
-        except ImportError:
-            asyncio.run(coro)
+        run_loop(coro)
     return 0
 
 

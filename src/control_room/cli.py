@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Final
 from control_room import config
 from control_room import logging as logs
 from control_room.store.base import SchemaTooNew, StoreError
+from control_room.tasks import run_loop
 
 if TYPE_CHECKING:
     from control_room.app import Service
@@ -48,12 +49,7 @@ def _run(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
             loop.add_signal_handler(sig, stop.set)
         await main(stop)
 
-    try:
-        import uvloop  # optional: faster event loop on Linux
-
-        uvloop.run(runner())
-    except ImportError:
-        asyncio.run(runner())
+    run_loop(runner())
 
 
 async def _serve_until(service: Service, stop: asyncio.Event) -> None:
