@@ -17,6 +17,7 @@ from control_room.notifier import Notifier
 from control_room.poller import iso_now
 from tests.conftest import FAST_WEBHOOKS, MS
 from tests.notifier.receiver import Receiver
+from tests.store.conftest import backend  # noqa: F401 - the store suite's per-backend fixture
 
 KEY = bytes(range(32))
 SECRET = "whsec_" + base64.b64encode(KEY).decode()

@@ -7,7 +7,6 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Final
 
@@ -19,22 +18,10 @@ from control_room.jules.simulator import Simulator, SimulatorServer
 from tests.conftest import API_KEY, MS, TOKEN, ServiceFactory
 from tests.notifier.conftest import SECRET, eventually
 from tests.notifier.receiver import Receiver
-from tests.store.conftest import Backend, SqliteBackend, postgres_backend
+from tests.store.conftest import Backend
 
 CONTROL_ROOM: Final = str(Path(sys.executable).with_name("control-room"))
 STARTUP_TIMEOUT_S: Final = 20.0  # a cold interpreter import on a loaded CI machine
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
-    """Each store backend in turn."""
-    if request.param == "sqlite":
-        sqlite = SqliteBackend(tmp_path)
-        yield sqlite
-        await sqlite.close()
-    else:
-        async with postgres_backend() as pg:
-            yield pg
 
 
 async def test_a_restart_with_pending_deliveries_loses_none(
