@@ -70,9 +70,7 @@ class Hub:
                 continue
             if transport.is_closing():
                 continue
-            transport.write(frames)
-            conn.messages_sent += count
-            conn.bytes_sent += size
+            conn.write(frames, count)
             delivered += 1
         for conn in slow:
             self.cut_slow(conn)
