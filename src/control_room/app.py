@@ -20,6 +20,7 @@ from control_room.models import Snapshot
 from control_room.notifier import Notifier, RetryTiming
 from control_room.poller import Poller, Upstream
 from control_room.responses import json_error
+from control_room.secret import Reloadable, reload_all
 from control_room.store import create_store, prune_forever
 from control_room.store.base import Store
 from control_room.tasks import cancel_and_wait
@@ -82,6 +83,8 @@ class Service:
         self._tasks: list[asyncio.Task[None]] = []
         self.poller: Poller | None = None
         self.port = 0
+        # Secrets that may be rotated while running (files), re-read on change and SIGHUP.
+        self.secrets: list[Reloadable] = []
 
     @property
     def url(self) -> str:
@@ -174,6 +177,11 @@ class Service:
             "Service listening",
             extra={"host": s.host, "port": self.port, "upstream": s.jules_api_base},
         )
+
+    def reload_secrets(self) -> None:
+        """Re-read every secret file now (SIGHUP), whether or not its stat changed."""
+        changed = reload_all(self.secrets, force=True)
+        log.info("Secrets reloaded", extra={"changed": changed})
 
     def _notifier(self) -> Notifier | None:
         """Webhook delivery when NOTIFY_WEBHOOK is set; its outbox is the store, if any."""

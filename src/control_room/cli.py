@@ -54,6 +54,8 @@ def _run(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
 
 async def _serve_until(service: Service, stop: asyncio.Event) -> None:
     await service.start()
+    # SIGHUP re-reads secret files (JULES_API_KEY_FILE, LOCAL_TOKEN_FILE) without a restart.
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, service.reload_secrets)
     try:
         await stop.wait()
     finally:
@@ -93,6 +95,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         async with SimulatorServer(sim, api_key, tick_interval=args.tick) as upstream:
             service = Service(dataclasses.replace(settings, jules_api_base=upstream.base_url))
             await service.start()
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, service.reload_secrets)
             token = settings.local_token
             print(
                 f"\n  Jules Control Room demo (simulated Jules API, seed {seed})\n"
