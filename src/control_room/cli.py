@@ -177,7 +177,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
     except config.ConfigError as exc:
-        print(f"control-room: configuration error: {exc}", file=sys.stderr)
+        for variable, problem in exc.problems:  # every problem at once, one line each
+            print(f"control-room: configuration error: {variable}: {problem}", file=sys.stderr)
         return EXIT_CONFIG
     except SchemaTooNew as exc:
         print(f"control-room: store error: {exc}", file=sys.stderr)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Final, TypeVar
 from urllib.parse import urlsplit
 
 from control_room.signing import BadSecret, secret_key
@@ -23,14 +23,25 @@ DEFAULT_NOTIFY_MAX_AGE_S: Final = 24 * 3600  # a day of retries, then the delta 
 DEFAULT_NOTIFY_QUEUE_SIZE: Final = 10_000  # bounded memory when nothing persists the outbox
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 LOG_FORMATS: Final = ("json", "console")
+T = TypeVar("T")
 
 
 class ConfigError(ValueError):
-    """A setting is missing or invalid; the message names the variable."""
+    """One or more settings are missing or invalid; each problem names its variable.
 
-    def __init__(self, variable: str, problem: str) -> None:
-        super().__init__(f"{variable}: {problem}")
+    `problems` lists every (variable, problem) found in one pass, so a user fixes them all
+    at once; `variable` is the first one's name. `str()` gives one line per problem.
+    """
+
+    def __init__(self, variable: str, problem: str, *more: tuple[str, str]) -> None:
+        self.problems: list[tuple[str, str]] = [(variable, problem), *more]
+        super().__init__("\n".join(f"{v}: {p}" for v, p in self.problems))
         self.variable = variable
+
+    @classmethod
+    def of(cls, problems: list[tuple[str, str]]) -> ConfigError:
+        """One error carrying every problem (at least one)."""
+        return cls(*problems[0], *problems[1:])
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -132,62 +143,109 @@ def _duration(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+class _Problems:
+    """Collects every ConfigError of one `load`, so all are reported together."""
+
+    def __init__(self) -> None:
+        self.found: list[tuple[str, str]] = []
+
+    def check(self, read: Callable[[], T], fallback: T) -> T:
+        """`read()`, or `fallback` with the problem noted."""
+        try:
+            return read()
+        except ConfigError as exc:
+            self.found.extend(exc.problems)
+            return fallback
+
+    def add(self, variable: str, problem: str) -> None:
+        """Note a problem found without a reader."""
+        self.found.append((variable, problem))
+
+
 def load(
     environ: Mapping[str, str] | None = None,
     *,
     dotenv: Path | None = Path(".env"),
     require_upstream: bool = True,
 ) -> Settings:
-    """Build settings from the environment over a `.env` file; raise ConfigError if invalid."""
+    """Build settings from the environment over a `.env` file.
+
+    Raises ConfigError listing every missing or invalid variable (not just the first).
+    """
     env: dict[str, str] = read_dotenv(dotenv) if dotenv is not None else {}
     env.update(os.environ if environ is None else environ)
+    problems = _Problems()
+    check = problems.check
 
     token = env.get("LOCAL_TOKEN", "")
     key = env.get("JULES_API_KEY", "")
     if require_upstream:
         if not token:
-            raise ConfigError("LOCAL_TOKEN", "required: the bearer token clients must present")
+            problems.add("LOCAL_TOKEN", "required: the bearer token clients must present")
         if not key:
-            raise ConfigError("JULES_API_KEY", "required: the key sent as X-Goog-Api-Key")
-    webhooks = tuple(
-        _http_url("NOTIFY_WEBHOOK", url.strip())
-        for url in env.get("NOTIFY_WEBHOOK", "").split(",")
-        if url.strip()
+            problems.add("JULES_API_KEY", "required: the key sent as X-Goog-Api-Key")
+    no_webhooks: tuple[str, ...] = ()
+    webhooks = check(
+        lambda: tuple(
+            _http_url("NOTIFY_WEBHOOK", url.strip())
+            for url in env.get("NOTIFY_WEBHOOK", "").split(",")
+            if url.strip()
+        ),
+        no_webhooks,
     )
     webhook_secret = env.get("NOTIFY_WEBHOOK_SECRET", "")
     if webhook_secret:
         try:
             secret_key(webhook_secret)
         except BadSecret as exc:
-            raise ConfigError("NOTIFY_WEBHOOK_SECRET", str(exc)) from None
+            problems.add("NOTIFY_WEBHOOK_SECRET", str(exc))
     database_url = env.get("DATABASE_URL", "").strip()
     if database_url and urlsplit(database_url).scheme not in ("postgres", "postgresql"):
-        raise ConfigError("DATABASE_URL", "expected a postgresql:// URL")
-    return Settings(
+        problems.add("DATABASE_URL", "expected a postgresql:// URL")
+    settings = Settings(
         host=env.get("HOST", "").strip() or "127.0.0.1",
-        port=_int(env, "PORT", DEFAULT_PORT, minimum=0),
+        port=check(lambda: _int(env, "PORT", DEFAULT_PORT, minimum=0), DEFAULT_PORT),
         local_token=token,
         jules_api_key=key,
-        jules_api_base=_http_url(
-            "JULES_API_BASE", env.get("JULES_API_BASE", "").strip() or DEFAULT_JULES_API_BASE
+        jules_api_base=check(
+            lambda: _http_url(
+                "JULES_API_BASE", env.get("JULES_API_BASE", "").strip() or DEFAULT_JULES_API_BASE
+            ),
+            DEFAULT_JULES_API_BASE,
         ),
-        poll_interval=_int(env, "POLL_INTERVAL_MS", DEFAULT_POLL_INTERVAL_MS, minimum=10) / 1000,
-        heartbeat_interval=_int(
-            env, "HEARTBEAT_INTERVAL_MS", DEFAULT_HEARTBEAT_INTERVAL_MS, minimum=10
+        poll_interval=check(
+            lambda: _int(env, "POLL_INTERVAL_MS", DEFAULT_POLL_INTERVAL_MS, minimum=10), 0
         )
         / 1000,
-        max_buffer_bytes=_int(env, "MAX_BUFFER_BYTES", DEFAULT_MAX_BUFFER_BYTES, minimum=1024),
-        log_level=_choice(env, "LOG_LEVEL", "info", LOG_LEVELS),
-        log_format=_choice(env, "LOG_FORMAT", "json", LOG_FORMATS),
-        persist=_bool(env, "PERSIST"),
+        heartbeat_interval=check(
+            lambda: _int(env, "HEARTBEAT_INTERVAL_MS", DEFAULT_HEARTBEAT_INTERVAL_MS, minimum=10),
+            0,
+        )
+        / 1000,
+        max_buffer_bytes=check(
+            lambda: _int(env, "MAX_BUFFER_BYTES", DEFAULT_MAX_BUFFER_BYTES, minimum=1024), 0
+        ),
+        log_level=check(lambda: _choice(env, "LOG_LEVEL", "info", LOG_LEVELS), "info"),
+        log_format=check(lambda: _choice(env, "LOG_FORMAT", "json", LOG_FORMATS), "json"),
+        persist=check(lambda: _bool(env, "PERSIST"), False),
         data_dir=Path(env.get("DATA_DIR", "").strip() or "data"),
         database_url=database_url,
-        history_size=_int(env, "HISTORY_SIZE", DEFAULT_HISTORY_SIZE),
-        delta_retention=_duration(env, "DELTA_RETENTION", DEFAULT_DELTA_RETENTION_S),
+        history_size=check(lambda: _int(env, "HISTORY_SIZE", DEFAULT_HISTORY_SIZE), 0),
+        delta_retention=check(
+            lambda: _duration(env, "DELTA_RETENTION", DEFAULT_DELTA_RETENTION_S), 0.0
+        ),
         notify_webhooks=webhooks,
         notify_webhook_secret=webhook_secret,
-        notify_timeout=_int(env, "NOTIFY_TIMEOUT_MS", DEFAULT_NOTIFY_TIMEOUT_MS) / 1000,
-        notify_max_age=_duration(env, "NOTIFY_MAX_AGE", DEFAULT_NOTIFY_MAX_AGE_S),
-        notify_queue_size=_int(env, "NOTIFY_QUEUE_SIZE", DEFAULT_NOTIFY_QUEUE_SIZE),
-        metrics_public=_bool(env, "METRICS_PUBLIC"),
+        notify_timeout=check(lambda: _int(env, "NOTIFY_TIMEOUT_MS", DEFAULT_NOTIFY_TIMEOUT_MS), 0)
+        / 1000,
+        notify_max_age=check(
+            lambda: _duration(env, "NOTIFY_MAX_AGE", DEFAULT_NOTIFY_MAX_AGE_S), 0.0
+        ),
+        notify_queue_size=check(
+            lambda: _int(env, "NOTIFY_QUEUE_SIZE", DEFAULT_NOTIFY_QUEUE_SIZE), 0
+        ),
+        metrics_public=check(lambda: _bool(env, "METRICS_PUBLIC"), False),
     )
+    if problems.found:
+        raise ConfigError.of(problems.found)
+    return settings

@@ -75,7 +75,15 @@ def test_durations_accept_units() -> None:
     assert (s.delta_retention, s.notify_max_age) == (12 * 3600, 90 * 60)
 
 
-def test_serve_stops_with_exit_code_2_and_one_line(tmp_path: Path) -> None:
+def test_every_problem_is_reported_at_once() -> None:
+    with pytest.raises(ConfigError) as err:
+        load({"PORT": "eighty", "LOG_LEVEL": "loud"}, dotenv=None)
+    named = [variable for variable, _ in err.value.problems]
+    assert named == ["LOCAL_TOKEN", "JULES_API_KEY", "PORT", "LOG_LEVEL"]
+    assert len(str(err.value).splitlines()) == 4
+
+
+def test_serve_stops_with_exit_code_2_and_one_line_per_problem(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "control_room.cli", "serve"],
         env={"PATH": "/usr/bin:/bin", "LOCAL_TOKEN": "t", "POLL_INTERVAL_MS": "soon"},
@@ -86,5 +94,6 @@ def test_serve_stops_with_exit_code_2_and_one_line(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1
-    assert "JULES_API_KEY" in lines[0] or "POLL_INTERVAL_MS" in lines[0]
+    assert len(lines) == 2
+    assert "JULES_API_KEY" in lines[0]
+    assert "POLL_INTERVAL_MS" in lines[1]
