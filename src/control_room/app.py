@@ -21,6 +21,7 @@ from control_room.notifier import Notifier, RetryTiming
 from control_room.poller import Poller, Upstream
 from control_room.responses import json_error
 from control_room.secret import Reloadable, reload_all
+from control_room.state import State
 from control_room.store import create_store, prune_forever
 from control_room.store.base import Store
 from control_room.tasks import cancel_and_wait
@@ -73,6 +74,9 @@ class Service:
             settings.history_size, older=self.store.history if self.store is not None else None
         )
         self.hub = Hub(self.metrics, max_buffer_bytes=settings.max_buffer_bytes)
+        # The state first: by the time a client is handed a batch, a snapshot includes it.
+        self.state = State()
+        self.broker.add_sink(self.state)
         self.broker.add_sink(self.hub)
         self._upstream = upstream
         self._retry = retry
@@ -129,6 +133,7 @@ class Service:
             persist=self.store.save if self.store is not None else None,
             notify=notifier.enqueue if notifier is not None else None,
             initial=initial,
+            state=self.state,
         )
         api = Api(
             token=s.local_token,
@@ -139,7 +144,7 @@ class Service:
             metrics_public=s.metrics_public,
             stats_extra=notifier.stats if notifier is not None else None,
         )
-        endpoint = WebSocketEndpoint(s.local_token, self.hub, self.broker, poller, self.metrics)
+        endpoint = WebSocketEndpoint(s.local_token, self.hub, self.broker, self.state, self.metrics)
 
         async def root(request: web.Request) -> web.StreamResponse:
             if request.headers.get("Upgrade", "").lower() == "websocket":

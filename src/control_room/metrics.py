@@ -17,6 +17,7 @@ CLOSE_REASONS: Final = (
     "message_too_big",
     "shutdown",
     "error",
+    "command_flood",
 )
 POLL_FAILURE_KINDS: Final = (
     "timeout",

@@ -38,6 +38,102 @@ class JulesSession(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True
     updatedAt: str
     url: str
     pullRequest: PullRequest | None = None
+    stalledSince: str | None = None
+    """Set while the session is IN_PROGRESS with no new activity for STALL_AFTER: when the
+    last activity (or state change) was seen. Absent otherwise."""
+
+
+ActivityKind = str
+"""`planGenerated`, `planApproved`, `agentMessaged`, `userMessaged`, `progressUpdated`,
+`sessionCompleted`, `sessionFailed`, or an unknown kind kept by its name (the API is alpha)."""
+ACTIVITY_KINDS: Final = (
+    "planGenerated",
+    "planApproved",
+    "agentMessaged",
+    "userMessaged",
+    "progressUpdated",
+    "sessionCompleted",
+    "sessionFailed",
+)
+
+
+class PlanStep(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True, gc=False):
+    """One numbered step of a plan."""
+
+    id: str
+    index: int
+    title: str
+    description: str | None = None
+
+
+class Plan(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True, gc=False):
+    """A plan Jules generated, with its steps in order."""
+
+    id: str
+    steps: tuple[PlanStep, ...] = ()
+    createdAt: str | None = None
+
+
+class FileChange(msgspec.Struct, frozen=True, gc=False):
+    """One file of a change set, with its added and removed line counts."""
+
+    path: str
+    added: int
+    removed: int
+
+
+class ChangeSetSummary(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True, gc=False):
+    """A change set artifact without its patch (the patch is served by REST, not pushed)."""
+
+    files: tuple[FileChange, ...] = ()
+    commitMessage: str | None = None
+    baseCommitId: str | None = None
+
+
+class BashOutputSummary(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True, gc=False):
+    """A command the agent ran: its exit code and output, cut to a limit."""
+
+    command: str
+    exitCode: int | None = None
+    output: str = ""
+    truncated: bool = False
+
+
+class MediaSummary(msgspec.Struct, frozen=True, gc=False):
+    """A media artifact: its type and size in bytes (the data itself is not pushed)."""
+
+    mimeType: str
+    size: int
+
+
+class Artifact(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True, gc=False):
+    """One artifact of an activity, summarised; exactly one field is set."""
+
+    changeSet: ChangeSetSummary | None = None
+    bashOutput: BashOutputSummary | None = None
+    media: MediaSummary | None = None
+
+
+class Activity(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True, gc=False):
+    """One thing that happened in a session (the control room's shape of a Jules Activity).
+
+    The fields after `createdAt` are set according to `kind`: `plan` (planGenerated),
+    `planId` (planApproved), `message` (agentMessaged, userMessaged), `title` and
+    `description` (progressUpdated), `reason` (sessionFailed).
+    """
+
+    id: str
+    sessionId: str
+    kind: ActivityKind
+    originator: str
+    createdAt: str
+    description: str | None = None
+    plan: Plan | None = None
+    planId: str | None = None
+    message: str | None = None
+    title: str | None = None
+    reason: str | None = None
+    artifacts: tuple[Artifact, ...] = ()
 
 
 class Change(msgspec.Struct, frozen=True, gc=False):
@@ -61,10 +157,12 @@ class SessionDelta(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True
 
 
 class Position(msgspec.Struct, frozen=True):
-    """A point in the delta stream: which unbroken history (epoch) and how far along (seq)."""
+    """A point in the stream: which unbroken history (epoch) and how far along each channel
+    is: `seq` on the sessions channel (the seed's), `activities_seq` on the activities one."""
 
     epoch: str
     seq: int
+    activities_seq: int = 0
 
 
 Snapshot = dict[str, JulesSession]

@@ -20,6 +20,7 @@ from control_room.jules.mapping import MappedListing, map_listing, map_session
 from control_room.jules.types import RawSession, Session
 from control_room.metrics import Metrics
 from control_room.models import Position, Snapshot
+from control_room.state import State
 
 MAX_POLL_BACKOFF_S: Final = 60.0  # a minute: recovers quickly, costs little quota when down
 UNAUTHORIZED_BACKOFF_S: Final = 300.0  # a rejected key will not fix itself; don't hammer
@@ -83,8 +84,13 @@ class Poller:
         persist: BeforePublish | None = None,
         notify: AfterPersist | None = None,
         initial: Snapshot | None = None,
+        state: State | None = None,
     ) -> None:
         self._upstream = upstream
+        # What clients read; published batches keep it current (it is a broker sink).
+        self.state = state if state is not None else State()
+        if initial is not None:
+            self.state.load(initial)
         self._broker = broker
         self._metrics = metrics
         self._interval = interval
@@ -99,12 +105,12 @@ class Poller:
     @property
     def sessions(self) -> Snapshot:
         """The last published snapshot (consistent with the broker's position)."""
-        return self._listing.sessions if self._listing is not None else {}
+        return self.state.sessions
 
     @property
     def ready(self) -> bool:
         """True once a complete listing has been taken since start."""
-        return self.health.baseline_done
+        return self.state.ready
 
     async def run(self) -> None:
         """Poll forever: the interval after a success, capped backoff after failures."""
@@ -174,6 +180,11 @@ class Poller:
             log.info("Upstream recovered", extra={"afterFailures": health.consecutive_failures})
         health.consecutive_failures = 0
         health.last_success = time.time()
+        if not self.state.ready:
+            # The first listing since start: adopt the upstream's order (a store hands
+            # sessions back in its own order); the sessions themselves are already equal.
+            self.state.load(current.sessions)
+            self.state.ready = True
         health.baseline_done = True
         health.sessions = len(current.sessions)
         log.debug(

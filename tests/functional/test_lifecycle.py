@@ -36,13 +36,17 @@ async def test_clean_disconnect_removes_the_client(
     assert service.metrics.connections_closed.labels("normal")._value.get() == 1
 
 
-async def test_junk_from_clients_is_ignored(
+async def test_junk_from_clients_is_answered_and_the_stream_goes_on(
     http: aiohttp.ClientSession, service: Service, sim: Simulator
 ) -> None:
     assert service.poller is not None
     ws = await connect(http, service)
     await ws.send_str("{not json")
     await ws.send_bytes(b"\x00\xff" * 100)
+    for _ in range(2):
+        answer = await receive_json(ws)
+        assert answer["type"] == "result"
+        assert (answer["id"], answer["ok"], answer["error"]["code"]) == (None, False, "bad_message")
     created = sim.create()
     await service.poller.poll_once()
     assert (await receive_json(ws))["sessionId"] == created["id"]

@@ -242,4 +242,7 @@ async def test_serve_refuses_a_schema_newer_than_it_knows(
     assert proc.returncode == 2, err
     lines = err.decode().strip().splitlines()
     assert len(lines) == 1, lines
-    assert lines[0].startswith("control-room: store error: database schema version 2 is newer")
+    newer = common.SCHEMA_VERSION + 1
+    assert lines[0].startswith(
+        f"control-room: store error: database schema version {newer} is newer"
+    )

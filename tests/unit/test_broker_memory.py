@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from control_room.broker.base import Batch, Entry, HistoryGone
+from control_room.broker.base import Batch, Channel, Entry, HistoryGone
 from control_room.broker.memory import MemoryBroker
 from control_room.models import Change, Position
 from tests.factories import session
@@ -40,10 +40,11 @@ def test_stamping_does_not_advance_the_position() -> None:
     assert broker.position.seq == 0
 
 
-def test_a_batch_is_encoded_once_and_framed_once() -> None:
+def test_a_batch_holds_each_delta_encoded_with_its_route() -> None:
     broker = MemoryBroker(100)
     batch = publish(broker, "a", "b")
-    assert batch.frames is batch.frames
+    first = batch.entries[0]
+    assert (first.type, first.before, first.after) == ("created", None, ("acme/api", "QUEUED"))
     decoded = msgspec.json.decode(batch.entries[0].payload)
     assert decoded["type"] == "created" and decoded["seq"] == 1
     assert "before" not in decoded
@@ -94,7 +95,9 @@ async def test_a_hole_in_older_history_is_gone_not_a_silent_gap() -> None:
     publish(broker, "a", "b", "c", "d", "e", "f")
     kept = {e.seq: e for e in broker.history_now(3)}  # 4, 5, 6 are in the ring
 
-    async def store_with_a_hole(since: int, limit: int | None, sid: str | None) -> list[Entry]:
+    async def store_with_a_hole(
+        since: int, limit: int | None, sid: str | None, channel: Channel
+    ) -> list[Entry]:
         entries = [Entry(2, "b", b"{}"), Entry(4, "d", kept[4].payload)]  # 3 is missing
         return entries if limit is None else entries[:limit]
 

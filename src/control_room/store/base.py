@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from control_room.broker.base import Batch, Entry
+from control_room.broker.base import SESSIONS, Batch, Channel, Entry
 from control_room.models import Position, Snapshot
 
 
@@ -32,15 +32,24 @@ class Store(Protocol):
         """Create or migrate the schema; the saved state, or None for a new store."""
 
     async def save(self, batch: Batch, sessions: Snapshot, position: Position) -> None:
-        """Append the batch and replace the snapshot atomically; raise StoreError on failure."""
+        """Append the batch (both channels) and update the snapshot atomically.
+
+        A batch with neither deltas nor activities is a baseline: the snapshot is replaced
+        whole. Raises StoreError on failure.
+        """
 
     async def history(
-        self, since: int, limit: int | None = None, session_id: str | None = None
+        self,
+        since: int,
+        limit: int | None = None,
+        session_id: str | None = None,
+        channel: Channel = SESSIONS,
     ) -> list[Entry]:
-        """Entries after `since`, oldest first; HistoryGone when `since` was pruned."""
+        """Entries of `channel` after `since`, oldest first; HistoryGone when pruned."""
 
     async def prune(self, older_than: float, keep_at_most: int) -> int:
-        """Drop deltas older than the timestamp (unix s) or beyond the row cap; how many."""
+        """Drop events older than the timestamp (unix s) or beyond the row cap on each
+        channel; how many."""
 
     async def webhook_cursor(self, endpoint: str) -> int | None:
         """The seq of the last delta delivered (or given up) to `endpoint`; None if new."""

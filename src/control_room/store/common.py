@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Final
 
 import msgspec
 
-from control_room.broker.base import Batch
-from control_room.models import JulesSession, Snapshot, encode
+from control_room.broker.base import ACTIVITIES, SESSIONS, Batch, Channel, Entry
+from control_room.models import JulesSession, Position, Snapshot, encode
 from control_room.store.base import SchemaTooNew
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 """The newest schema this code knows; each backend has one migration per version up to it."""
 
 PRUNE_CHUNK: Final = 10_000
@@ -27,6 +28,63 @@ META_EPOCH: Final = "epoch"
 META_SEQ: Final = "seq"
 META_PRUNED_THROUGH: Final = "pruned_through"
 """Every delta with seq <= this has been pruned; history after it is complete."""
+META_ACTIVITIES_SEQ: Final = "activities_seq"
+META_ACTIVITIES_PRUNED_THROUGH: Final = "activities_pruned_through"
+
+
+@dataclass(frozen=True)
+class ChannelLog:
+    """Where one channel's events are kept: its table and its two meta keys."""
+
+    channel: Channel
+    table: str
+    seq_key: str
+    pruned_key: str
+
+
+LOGS: Final = (
+    ChannelLog(SESSIONS, "deltas", META_SEQ, META_PRUNED_THROUGH),
+    ChannelLog(ACTIVITIES, "activity_log", META_ACTIVITIES_SEQ, META_ACTIVITIES_PRUNED_THROUGH),
+)
+LOG_OF: Final = {log.channel: log for log in LOGS}
+
+
+def channel_entries(batch: Batch, channel: Channel) -> list[Entry]:
+    """The batch's entries of one channel."""
+    return batch.entries if channel == SESSIONS else batch.activities
+
+
+def channel_seq(position: Position, channel: Channel) -> int:
+    """The position's last seq on one channel."""
+    return position.seq if channel == SESSIONS else position.activities_seq
+
+
+def log_row(entry: Entry, ts: float) -> tuple[int, str, float, bytes, str | None, str | None]:
+    """(seq, session_id, ts, payload, repository, state): one history row of any channel.
+
+    Activities keep the session's (repository, state) at publish time, which a filtered
+    replay needs and the payload does not hold; deltas derive theirs from the payload.
+    """
+    tag = entry.after if entry.channel == ACTIVITIES else None
+    return (
+        entry.seq,
+        entry.session_id,
+        ts,
+        entry.payload,
+        tag[0] if tag is not None else None,
+        tag[1] if tag is not None else None,
+    )
+
+
+def history_entry(
+    channel: Channel, seq: int, session_id: str, payload: bytes, repo: str | None, state: str | None
+) -> Entry:
+    """A history row back into an entry."""
+    if channel == ACTIVITIES:
+        tag = (repo, state) if repo is not None and state is not None else None
+        return Entry(seq, session_id, payload, ACTIVITIES, (tag, tag))
+    return Entry(seq, session_id, payload)
+
 
 _decode_session: Final = msgspec.json.Decoder(JulesSession)
 
@@ -61,7 +119,7 @@ def changed_rows(
     return upserts, deletes
 
 
-def first_seq_to_write(batch: Batch, seq: int) -> int:
+def first_seq_to_write(entries: list[Entry], seq: int) -> int:
     """Where this save starts: rows from here on are replaced.
 
     A save whose commit was acknowledged too late (the connection dropped after COMMIT) is
@@ -69,7 +127,7 @@ def first_seq_to_write(batch: Batch, seq: int) -> int:
     overwrite, instead of failing on the primary key forever or leaving stale rows beyond
     the new position. The lost commit's snapshot rows are repaired by `changed_rows`.
     """
-    return batch.first_seq if batch.entries else seq + 1
+    return entries[0].seq if entries else seq + 1
 
 
 def check_version(found: int) -> None:

@@ -11,7 +11,7 @@ from typing import Any, Final, TypeVar
 import asyncpg
 
 from control_room import logging as logs
-from control_room.broker.base import Batch, Entry, HistoryGone
+from control_room.broker.base import SESSIONS, Batch, Channel, Entry, HistoryGone
 from control_room.models import Position, Snapshot
 from control_room.store import common as c
 from control_room.store.base import Loaded, StoreError
@@ -63,6 +63,20 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             endpoint text PRIMARY KEY,
             seq bigint NOT NULL
         )""",
+    ),
+    # 2: the activities channel's history, with each activity's routing tag; both logs
+    # get the same columns so one statement serves either.
+    (
+        "ALTER TABLE deltas ADD COLUMN repository text, ADD COLUMN state text",
+        """CREATE TABLE activity_log (
+            seq bigint PRIMARY KEY,
+            session_id text NOT NULL,
+            ts double precision NOT NULL,
+            payload bytea NOT NULL,
+            repository text,
+            state text
+        )""",
+        "CREATE INDEX activity_log_by_session ON activity_log (session_id, seq)",
     ),
 )
 assert len(MIGRATIONS) == c.SCHEMA_VERSION
@@ -135,9 +149,10 @@ class PostgresStore:
             if epoch is None:
                 return None
             seq = int(await _meta(con, c.META_SEQ) or 0)
+            activities_seq = int(await _meta(con, c.META_ACTIVITIES_SEQ) or 0)
             rows = await con.fetch("SELECT session_id, body FROM snapshot")
         sessions = {r["session_id"]: c.decode_session(r["body"]) for r in rows}
-        return Loaded(Position(epoch, seq), sessions)
+        return Loaded(Position(epoch, seq, activities_seq), sessions)
 
     # -- save --
 
@@ -166,28 +181,38 @@ class PostgresStore:
         now = time.time()
         with _translated():
             async with self._connections as con, con.transaction():
-                overwritten = await con.fetch(
-                    "DELETE FROM deltas WHERE seq >= $1 RETURNING session_id",
-                    c.first_seq_to_write(batch, position.seq),
-                )
-                if entries:
-                    upserts, deletes = c.changed_rows(
-                        batch, sessions, (r["session_id"] for r in overwritten)
+                overwritten: list[str] = []
+                for log_ in c.LOGS:
+                    logged = c.channel_entries(batch, log_.channel)
+                    replaced = await con.fetch(
+                        f"DELETE FROM {log_.table} WHERE seq >= $1 RETURNING session_id",
+                        c.first_seq_to_write(logged, c.channel_seq(position, log_.channel)),
                     )
-                else:  # a baseline: the whole snapshot
+                    if log_.channel == SESSIONS:
+                        overwritten = [r["session_id"] for r in replaced]
+                    if logged:
+                        # One statement per channel: arrays in, rows out, one round trip.
+                        rows = [c.log_row(e, now) for e in logged]
+                        await con.execute(
+                            f"INSERT INTO {log_.table}"
+                            " (seq, session_id, ts, payload, repository, state)"
+                            " SELECT s, i, $3, p, r, st FROM unnest($1::bigint[], $2::text[],"
+                            " $4::bytea[], $5::text[], $6::text[]) AS t(s, i, p, r, st)",
+                            [r[0] for r in rows],
+                            [r[1] for r in rows],
+                            now,
+                            [r[3] for r in rows],
+                            [r[4] for r in rows],
+                            [r[5] for r in rows],
+                        )
+                baseline = not entries and not batch.activities
+                if entries:
+                    upserts, deletes = c.changed_rows(batch, sessions, overwritten)
+                elif baseline:  # the whole snapshot
                     upserts, deletes = c.snapshot_rows(sessions), []
-                if entries:
-                    # One statement for the whole batch: arrays in, rows out, one round trip.
-                    await con.execute(
-                        "INSERT INTO deltas (seq, session_id, ts, payload)"
-                        " SELECT s, i, $3, p FROM unnest($1::bigint[], $2::text[], $4::bytea[])"
-                        " AS t(s, i, p)",
-                        [e.seq for e in entries],
-                        [e.session_id for e in entries],
-                        now,
-                        [e.payload for e in entries],
-                    )
-                if not entries:
+                else:
+                    upserts, deletes = [], []
+                if baseline:
                     await con.execute("DELETE FROM snapshot")
                 elif deletes:
                     await con.execute("DELETE FROM snapshot WHERE session_id = ANY($1)", deletes)
@@ -201,22 +226,35 @@ class PostgresStore:
                     )
                 await con.executemany(
                     _SET_META,
-                    [(c.META_EPOCH, position.epoch), (c.META_SEQ, str(position.seq))],
+                    [
+                        (c.META_EPOCH, position.epoch),
+                        (c.META_SEQ, str(position.seq)),
+                        (c.META_ACTIVITIES_SEQ, str(position.activities_seq)),
+                    ],
                 )
 
     # -- history --
 
     async def history(
-        self, since: int, limit: int | None = None, session_id: str | None = None
+        self,
+        since: int,
+        limit: int | None = None,
+        session_id: str | None = None,
+        channel: Channel = SESSIONS,
     ) -> list[Entry]:
-        """Entries after `since`, oldest first; HistoryGone when `since` was pruned.
+        """Entries of `channel` after `since`, oldest first; HistoryGone when pruned.
 
         Tried twice when the pooled connection turns out dead (see `_twice`).
         """
-        return await self._twice(lambda: self._history(since, limit, session_id))
+        return await self._twice(lambda: self._history(since, limit, session_id, channel))
 
-    async def _history(self, since: int, limit: int | None, session_id: str | None) -> list[Entry]:
-        query = "SELECT seq, session_id, payload FROM deltas WHERE seq > $1"
+    async def _history(
+        self, since: int, limit: int | None, session_id: str | None, channel: Channel
+    ) -> list[Entry]:
+        log_ = c.LOG_OF[channel]
+        query = (
+            f"SELECT seq, session_id, payload, repository, state FROM {log_.table} WHERE seq > $1"
+        )
         args: list[object] = [since]
         if session_id is not None:
             query += " AND session_id = $2"
@@ -230,24 +268,37 @@ class PostgresStore:
                 self._connections as con,
                 con.transaction(isolation="repeatable_read", readonly=True),
             ):
-                pruned = int(await _meta(con, c.META_PRUNED_THROUGH) or 0)
+                pruned = int(await _meta(con, log_.pruned_key) or 0)
                 if since < pruned:
                     raise HistoryGone(c.HISTORY_EXPIRED, pruned + 1)
                 rows = await con.fetch(query, *args)
-        return [Entry(r["seq"], r["session_id"], r["payload"]) for r in rows]
+        return [
+            c.history_entry(
+                channel, r["seq"], r["session_id"], r["payload"], r["repository"], r["state"]
+            )
+            for r in rows
+        ]
 
     # -- prune --
 
     async def prune(self, older_than: float, keep_at_most: int) -> int:
-        """Drop deltas older than the timestamp (unix s) or beyond the row cap; how many."""
+        """Drop events older than the timestamp (unix s) or beyond the row cap, on every
+        channel; how many."""
+        removed = 0
+        for log_ in c.LOGS:
+            removed += await self._prune(log_, older_than, keep_at_most)
+        return removed
+
+    async def _prune(self, log_: c.ChannelLog, older_than: float, keep_at_most: int) -> int:
         with _translated():
             async with self._connections as con, con.transaction(isolation="repeatable_read"):
-                pruned = int(await _meta(con, c.META_PRUNED_THROUGH) or 0)
-                last = int(await _meta(con, c.META_SEQ) or 0)
+                pruned = int(await _meta(con, log_.pruned_key) or 0)
+                last = int(await _meta(con, log_.seq_key) or 0)
                 # Walks the primary key from the oldest row to the first young one: reads
                 # only rows about to go, with no index on ts to slow every save.
                 young = await con.fetchval(
-                    "SELECT seq FROM deltas WHERE seq > $1 AND ts >= $2 ORDER BY seq LIMIT 1",
+                    f"SELECT seq FROM {log_.table} WHERE seq > $1 AND ts >= $2"
+                    " ORDER BY seq LIMIT 1",
                     pruned,
                     older_than,
                 )
@@ -257,8 +308,8 @@ class PostgresStore:
             while pruned < cut:  # chunk by chunk, each its own short transaction
                 step = min(cut, pruned + c.PRUNE_CHUNK)
                 async with self._connections as con, con.transaction():
-                    status = await con.execute("DELETE FROM deltas WHERE seq <= $1", step)
-                    await con.execute(_SET_META, c.META_PRUNED_THROUGH, str(step))
+                    status = await con.execute(f"DELETE FROM {log_.table} WHERE seq <= $1", step)
+                    await con.execute(_SET_META, log_.pruned_key, str(step))
                 removed += int(status.split()[-1])
                 pruned = step
         return removed

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Final, TypeVar
 
 from control_room import logging as logs
-from control_room.broker.base import Batch, Entry, HistoryGone
+from control_room.broker.base import SESSIONS, Batch, Channel, Entry, HistoryGone
 from control_room.models import Position, Snapshot
 from control_room.store import common as c
 from control_room.store.base import Loaded, StoreError
@@ -50,6 +50,21 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             endpoint TEXT PRIMARY KEY,
             seq INTEGER NOT NULL
         ) WITHOUT ROWID""",
+    ),
+    # 2: the activities channel's history, with each activity's routing tag; both logs
+    # get the same columns so one statement serves either.
+    (
+        "ALTER TABLE deltas ADD COLUMN repository TEXT",
+        "ALTER TABLE deltas ADD COLUMN state TEXT",
+        """CREATE TABLE activity_log (
+            seq INTEGER PRIMARY KEY,
+            session_id TEXT NOT NULL,
+            ts REAL NOT NULL,
+            payload BLOB NOT NULL,
+            repository TEXT,
+            state TEXT
+        )""",
+        "CREATE INDEX activity_log_by_session ON activity_log (session_id, seq)",
     ),
 )
 assert len(MIGRATIONS) == c.SCHEMA_VERSION
@@ -133,9 +148,10 @@ class SqliteStore:
             if epoch is None:
                 return None
             seq = int(self._meta(c.META_SEQ) or 0)
+            activities_seq = int(self._meta(c.META_ACTIVITIES_SEQ) or 0)
             rows = db.execute("SELECT session_id, body FROM snapshot").fetchall()
         sessions = {sid: c.decode_session(body) for sid, body in rows}
-        return Loaded(Position(epoch, seq), sessions)
+        return Loaded(Position(epoch, seq, activities_seq), sessions)
 
     def _meta(self, key: str) -> str | None:
         row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -153,43 +169,57 @@ class SqliteStore:
     def _save(self, batch: Batch, sessions: Snapshot, position: Position) -> None:
         now = time.time()
         with self._transaction() as db:
-            overwritten = [
-                sid
-                for (sid,) in db.execute(
-                    "DELETE FROM deltas WHERE seq >= ? RETURNING session_id",
-                    (c.first_seq_to_write(batch, position.seq),),
+            overwritten: list[str] = []
+            for log_ in c.LOGS:
+                entries = c.channel_entries(batch, log_.channel)
+                first = c.first_seq_to_write(entries, c.channel_seq(position, log_.channel))
+                replaced = db.execute(
+                    f"DELETE FROM {log_.table} WHERE seq >= ? RETURNING session_id", (first,)
                 ).fetchall()
-            ]
-            db.executemany(
-                "INSERT INTO deltas (seq, session_id, ts, payload) VALUES (?, ?, ?, ?)",
-                [(e.seq, e.session_id, now, e.payload) for e in batch.entries],
-            )
+                if log_.channel == SESSIONS:
+                    overwritten = [sid for (sid,) in replaced]
+                db.executemany(
+                    f"INSERT INTO {log_.table}"
+                    " (seq, session_id, ts, payload, repository, state) VALUES (?, ?, ?, ?, ?, ?)",
+                    [c.log_row(e, now) for e in entries],
+                )
             if batch.entries:
                 upserts, deletes = c.changed_rows(batch, sessions, overwritten)
                 db.executemany("DELETE FROM snapshot WHERE session_id = ?", [(d,) for d in deletes])
-            else:  # a baseline: the whole snapshot
+            elif not batch.activities:  # a baseline: the whole snapshot
                 upserts = c.snapshot_rows(sessions)
                 db.execute("DELETE FROM snapshot")
+            else:
+                upserts = []
             db.executemany(
                 "INSERT OR REPLACE INTO snapshot (session_id, body) VALUES (?, ?)", upserts
             )
             self._set_meta(c.META_EPOCH, position.epoch)
             self._set_meta(c.META_SEQ, str(position.seq))
+            self._set_meta(c.META_ACTIVITIES_SEQ, str(position.activities_seq))
 
     # -- history --
 
     async def history(
-        self, since: int, limit: int | None = None, session_id: str | None = None
+        self,
+        since: int,
+        limit: int | None = None,
+        session_id: str | None = None,
+        channel: Channel = SESSIONS,
     ) -> list[Entry]:
-        """Entries after `since`, oldest first; HistoryGone when `since` was pruned."""
-        return await self._run(self._history, since, limit, session_id)
+        """Entries of `channel` after `since`, oldest first; HistoryGone when pruned."""
+        return await self._run(self._history, since, limit, session_id, channel)
 
-    def _history(self, since: int, limit: int | None, session_id: str | None) -> list[Entry]:
+    def _history(
+        self, since: int, limit: int | None, session_id: str | None, channel: Channel
+    ) -> list[Entry]:
+        log_ = c.LOG_OF[channel]
+        columns = "seq, session_id, payload, repository, state"
         with self._transaction("DEFERRED") as db:
-            pruned = int(self._meta(c.META_PRUNED_THROUGH) or 0)
+            pruned = int(self._meta(log_.pruned_key) or 0)
             if since < pruned:
                 raise HistoryGone(c.HISTORY_EXPIRED, pruned + 1)
-            query = "SELECT seq, session_id, payload FROM deltas WHERE seq > ?"
+            query = f"SELECT {columns} FROM {log_.table} WHERE seq > ?"
             args: list[object] = [since]
             if session_id is not None:
                 query += " AND session_id = ?"
@@ -197,38 +227,42 @@ class SqliteStore:
             query += " ORDER BY seq LIMIT ?"
             args.append(-1 if limit is None else limit)  # SQLite: a negative LIMIT is none
             rows = db.execute(query, args).fetchall()
-        return [Entry(seq, sid, payload) for seq, sid, payload in rows]
+        return [c.history_entry(channel, *row) for row in rows]
 
     # -- prune --
 
     async def prune(self, older_than: float, keep_at_most: int) -> int:
-        """Drop deltas older than the timestamp (unix s) or beyond the row cap; how many."""
-        pruned, cut = await self._run(self._prune_bounds, older_than, keep_at_most)
+        """Drop events older than the timestamp (unix s) or beyond the row cap, on every
+        channel; how many."""
         removed = 0
-        while pruned < cut:  # chunk by chunk, so a save can slip in between
-            step = min(cut, pruned + c.PRUNE_CHUNK)
-            removed += await self._run(self._prune_through, step)
-            pruned = step
+        for log_ in c.LOGS:
+            pruned, cut = await self._run(self._prune_bounds, log_, older_than, keep_at_most)
+            while pruned < cut:  # chunk by chunk, so a save can slip in between
+                step = min(cut, pruned + c.PRUNE_CHUNK)
+                removed += await self._run(self._prune_through, log_, step)
+                pruned = step
         return removed
 
-    def _prune_bounds(self, older_than: float, keep_at_most: int) -> tuple[int, int]:
+    def _prune_bounds(
+        self, log_: c.ChannelLog, older_than: float, keep_at_most: int
+    ) -> tuple[int, int]:
         """(pruned so far, the seq to prune through): always a prefix, so history stays whole."""
         with self._transaction("DEFERRED") as db:
-            pruned = int(self._meta(c.META_PRUNED_THROUGH) or 0)
-            last = int(self._meta(c.META_SEQ) or 0)
+            pruned = int(self._meta(log_.pruned_key) or 0)
+            last = int(self._meta(log_.seq_key) or 0)
             # Scans in seq order from the oldest row and stops at the first young one: it
             # reads only rows about to be deleted, with no index on ts to slow every save.
             row = db.execute(
-                "SELECT seq FROM deltas WHERE seq > ? AND ts >= ? ORDER BY seq LIMIT 1",
+                f"SELECT seq FROM {log_.table} WHERE seq > ? AND ts >= ? ORDER BY seq LIMIT 1",
                 (pruned, older_than),
             ).fetchone()
         by_age = row[0] - 1 if row is not None else last
         return pruned, max(by_age, last - keep_at_most)
 
-    def _prune_through(self, seq: int) -> int:
+    def _prune_through(self, log_: c.ChannelLog, seq: int) -> int:
         with self._transaction() as db:
-            removed = db.execute("DELETE FROM deltas WHERE seq <= ?", (seq,)).rowcount
-            self._set_meta(c.META_PRUNED_THROUGH, str(seq))
+            removed = db.execute(f"DELETE FROM {log_.table} WHERE seq <= ?", (seq,)).rowcount
+            self._set_meta(log_.pruned_key, str(seq))
         return removed
 
     # -- webhook cursors --

@@ -7,7 +7,9 @@ import itertools
 import time
 from typing import Final
 
-from control_room.broker.base import Batch
+from control_room.broker.base import Batch, Channel
+from control_room.views import DEFAULT_VIEW
+from control_room.ws.prepared import PLAIN, Key, batch_frames, batch_frames_after
 
 _ids: Final = itertools.count(1)
 
@@ -28,13 +30,16 @@ class Connection:
         "close_reason",
         "connected_at",
         "id",
+        "key",
         "messages_sent",
         "remote",
         "transport",
     )
 
-    def __init__(self, transport: asyncio.Transport, remote: str) -> None:
+    def __init__(self, transport: asyncio.Transport, remote: str, key: Key | None = None) -> None:
         self.id = next(_ids)
+        self.key: Key = key or (DEFAULT_VIEW, PLAIN)
+        """The view and wire variant: which shared frames this client is written."""
         self.transport = transport
         self.remote = remote
         self.connected_at = time.time()
@@ -75,14 +80,14 @@ class Connection:
         """Keep a live batch until the replay is done."""
         assert self._held is not None
         self._held.append(batch)
-        self._held_bytes += len(batch.frames)
+        self._held_bytes += len(batch_frames(batch, self.key)[0])
 
-    def release(self, after_seq: int) -> None:
-        """Replay done: write the held batches past `after_seq`, then go live."""
+    def release(self, after: dict[Channel, int]) -> None:
+        """Replay done: write what the held batches have past `after` (per channel), go live."""
         held, self._held, self._held_bytes = self._held or [], None, 0
         for batch in held:
-            if batch.last_seq > after_seq:
-                frames, count = batch.frames_after(after_seq)
+            frames, count = batch_frames_after(batch, self.key, after)
+            if count:
                 self.write(frames, count)
 
     def terminate(self, reason: str) -> None:

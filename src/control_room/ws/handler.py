@@ -3,40 +3,92 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Final
 
 from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
 
 from control_room import logging as logs
 from control_room.auth import websocket_auth
-from control_room.broker.base import Broker, HistoryGone
+from control_room.broker.base import ACTIVITIES, SESSIONS, Broker, Channel, Entry, HistoryGone
+from control_room.commands import Caller, Commands, error_result
+from control_room.messages import (
+    BadMessage,
+    ResetMessage,
+    ResultMessage,
+    SnapshotMessage,
+    Subscribe,
+    Subscription,
+    decode_command,
+)
 from control_room.metrics import Metrics
 from control_room.models import encode
-from control_room.poller import Poller
 from control_room.responses import json_error, not_ready
+from control_room.state import State
+from control_room.tasks import cancel_and_wait
+from control_room.views import BadFilter, View
 from control_room.ws.connection import Connection
-from control_room.ws.frames import text_frame
+from control_room.ws.frames import close_frame, text_frame
 from control_room.ws.hub import Hub
 from control_room.ws.params import BadParameter, StreamRequest, parse_stream_request
+from control_room.ws.prepared import PLAIN, Variant, payloads
 
-MAX_CLIENT_MESSAGE_BYTES: Final = 64 * 1024  # clients send nothing yet; 64 KiB is generous
+MAX_CLIENT_MESSAGE_BYTES: Final = 64 * 1024  # a command is a few hundred bytes; a prompt fits
 REPLAY_CHUNK_BYTES: Final = 256 * 1024  # write replay in slices, waiting for each to drain
 HANDSHAKE_TIMEOUT_S: Final = 10.0  # closing handshake wait; a client that vanished won't reply
+COMMAND_RATE_PER_S: Final = 10.0
+"""Client messages per second, sustained: a person clicking, or a script approving a list,
+stays far below; a loop sending as fast as it can is throttled."""
+COMMAND_BURST: Final = 20  # messages at once: a dashboard re-subscribing and a few clicks
+COMMAND_FLOOD_LIMIT: Final = 100
+"""Messages refused for rate in a row before the connection is closed with 1008: a client
+that ignores a hundred `rate_limited` answers is not going to slow down."""
+MAX_COMMANDS_IN_FLIGHT: Final = 8
+"""Commands of one connection waiting on Jules at once; more are answered `rate_limited`
+(each can take up to the upstream's timeout, and each holds a slot of the Jules client)."""
+POLICY_VIOLATION: Final = 1008
 
 log = logs.get("ws")
 
 
+class _Bucket:
+    """A token bucket: `rate` per second, at most `burst` saved up."""
+
+    __slots__ = ("_last", "_tokens", "burst", "rate")
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate, self.burst = rate, burst
+        self._tokens = float(burst)
+        self._last = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+        self._last = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
+
+
 class WebSocketEndpoint:
-    """Accepts clients on `/` and hands them to the hub."""
+    """Accepts clients on `/`, hands them to the hub, and runs the commands they send."""
 
     def __init__(
-        self, token: str, hub: Hub, broker: Broker, poller: Poller, metrics: Metrics
+        self,
+        token: str,
+        hub: Hub,
+        broker: Broker,
+        state: State,
+        metrics: Metrics,
+        commands: Commands | None = None,
     ) -> None:
         self._token = token
         self._hub = hub
         self._broker = broker
-        self._poller = poller
+        self._state = state
         self._metrics = metrics
+        self._commands = commands
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Authenticate, validate the query, upgrade, then read until the client goes."""
@@ -50,7 +102,7 @@ class WebSocketEndpoint:
         except BadParameter as exc:
             self._metrics.connections_rejected.labels("bad_request").inc()
             return json_error(400, "bad_request", parameter=exc.parameter, message=str(exc))
-        if wanted.snapshot and not self._poller.ready:
+        if wanted.snapshot and not self._state.ready:
             # An empty snapshot now would never be corrected: the first poll is a baseline
             # and publishes nothing. Ask the client to come back, as GET /api/sessions does.
             return not_ready()
@@ -66,21 +118,23 @@ class WebSocketEndpoint:
         )
         await ws.prepare(request)
         peer = request.remote or "?"
-        conn = Connection(transport, peer)
+        conn = Connection(transport, peer, key=(wanted.view, conn_variant(wanted)))
         replay = self._attach(conn, wanted)
         self._metrics.connections_accepted.inc()
         log.info(
             "WebSocket client connected",
             extra={"clientId": conn.id, "remote": peer, "clientCount": len(self._hub)},
         )
+        session = _ClientSession(self, conn)
         try:
             if replay is not None:
                 await self._replay(conn, replay)
-            await self._read(ws, conn)
+            await session.read(ws)
         except Exception:
             conn.close_reason = conn.close_reason or "error"
             log.exception("WebSocket handler failed", extra={"clientId": conn.id})
         finally:
+            await session.close()
             self._hub.remove(conn)
             if not ws.closed and not transport.is_closing():
                 transport.close()
@@ -92,76 +146,165 @@ class WebSocketEndpoint:
             )
         return ws
 
-    def _attach(self, conn: Connection, wanted: StreamRequest) -> int | None:
+    def _snapshot(self, view: View) -> SnapshotMessage:
+        position = self._broker.position
+        return SnapshotMessage(
+            epoch=position.epoch,
+            seq=position.seq,
+            sessions=view.select(self._state.sessions),
+            activitiesSeq=position.activities_seq if view.activities else None,
+        )
+
+    def _attach(self, conn: Connection, wanted: StreamRequest) -> dict[Channel, int] | None:
         """Register the client; with no await here, nothing is published in between.
 
-        Returns the seq to replay after, when history has to be fetched first.
+        Returns, per channel, the seq to replay after, when history has to be read first.
         """
         position = self._broker.position
+        view = wanted.view
         if wanted.snapshot:
-            message = {
-                "type": "snapshot",
-                "epoch": position.epoch,
-                "seq": position.seq,
-                "sessions": list(self._poller.sessions.values()),
-            }
-            conn.write(text_frame(encode(message)), 1)
+            conn.write(text_frame(encode(self._snapshot(view))), 1)
         elif wanted.since is not None:
             if wanted.epoch not in (None, position.epoch):
                 self._reset(conn, "epoch_changed")
-            elif wanted.since < position.seq:
-                conn.hold()
-                self._hub.add(conn)
-                return wanted.since
             else:
+                need: dict[Channel, int] = {}
+                if wanted.since < position.seq:
+                    need[SESSIONS] = wanted.since
+                since_activities = wanted.activities_since
+                if since_activities is not None and since_activities < position.activities_seq:
+                    need[ACTIVITIES] = since_activities
+                if need:
+                    conn.hold()
+                    self._hub.add(conn)
+                    return need
                 self._metrics.replays.labels("recovered").inc()
         self._hub.add(conn)
         return None
 
     def _reset(self, conn: Connection, reason: str) -> None:
         position = self._broker.position
-        message = {"type": "reset", "epoch": position.epoch, "seq": position.seq, "reason": reason}
+        view = conn.key[0]
+        message = ResetMessage(
+            epoch=position.epoch,
+            seq=position.seq,
+            reason=reason,
+            activitiesSeq=position.activities_seq if view.activities else None,
+        )
         conn.write(text_frame(encode(message)), 1)
         self._metrics.replays.labels(reason).inc()
 
-    async def _replay(self, conn: Connection, since: int) -> None:
-        """Send history after `since` in drained slices, then release held live batches."""
-        try:
-            entries = await self._broker.history(since)
-        except HistoryGone as exc:
-            self._reset(conn, exc.reason)
-            conn.release(self._broker.position.seq)  # live deltas after the reset's seq
-            return
-        last = since
-        chunk: list[bytes] = []
-        size = 0
-        for entry in entries:
-            frame = text_frame(entry.payload)
-            chunk.append(frame)
-            size += len(frame)
-            last = entry.seq
-            if size >= REPLAY_CHUNK_BYTES:
-                if not await self._write_drained(conn, chunk):
-                    return
-                chunk, size = [], 0
-        if chunk and not await self._write_drained(conn, chunk):
-            return
-        conn.release(last)
+    async def _replay(self, conn: Connection, need: dict[Channel, int]) -> None:
+        """Send each channel's history after its seq in drained slices, then go live."""
+        upto: dict[Channel, int] = {}
+        for channel, since in need.items():
+            try:
+                entries = await self._broker.history(since, channel=channel)
+            except HistoryGone as exc:
+                self._reset(conn, exc.reason)
+                position = self._broker.position
+                # Live events after the reset's position follow; the client reloads the rest.
+                conn.release({SESSIONS: position.seq, ACTIVITIES: position.activities_seq})
+                return
+            last = await self._write_history(conn, entries, since)
+            if last is None:
+                return
+            upto[channel] = last
+        conn.release(upto)
         self._metrics.replays.labels("recovered").inc()
+
+    async def _write_history(
+        self, conn: Connection, entries: list[Entry], since: int
+    ) -> int | None:
+        """Write entries (as the client's view sees them) in drained slices; the last seq."""
+        view = conn.key[0]
+        last = since
+        start = 0
+        while start < len(entries):
+            size, end = 0, start
+            while end < len(entries) and size < REPLAY_CHUNK_BYTES:
+                size += len(entries[end].payload)
+                end += 1
+            frames = [text_frame(p) for p in payloads(entries[start:end], view)]
+            last = entries[end - 1].seq
+            if not await self._write_drained(conn, frames):
+                return None
+            start = end
+        return last
 
     @staticmethod
     async def _write_drained(conn: Connection, frames: list[bytes]) -> bool:
         if not conn.open:
             return False
-        conn.write(b"".join(frames), len(frames))
+        if frames:
+            conn.write(b"".join(frames), len(frames))
         # Let the kernel take this slice before the next: replay never floods the buffer.
         # A transport exposes no event for "buffer below N", so poll it briefly.
         while conn.open and conn.transport.get_write_buffer_size() > REPLAY_CHUNK_BYTES:  # noqa: ASYNC110
             await asyncio.sleep(0.001)
         return conn.open
 
-    async def _read(self, ws: web.WebSocketResponse, conn: Connection) -> None:
-        """Pongs keep the client alive; pings are answered; other messages are ignored."""
+    def subscribe(self, conn: Connection, command: Subscribe) -> ResultMessage:
+        """Replace the connection's view and answer with its snapshot, in one step."""
+        try:
+            view = View.of(
+                session_ids=command.sessionIds,
+                repositories=command.repositories,
+                states=command.states,
+                activities=command.activities,
+            )
+        except BadFilter as exc:
+            return error_result(command.id, "invalid_argument", str(exc))
+        if not self._state.ready:
+            return error_result(
+                command.id, "failed_precondition", "the first poll has not completed; retry soon"
+            )
+        self._hub.regroup(conn, (view, conn.key[1]))
+        snapshot = self._snapshot(view)
+        return ResultMessage(
+            id=command.id,
+            ok=True,
+            sessions=snapshot.sessions,
+            epoch=snapshot.epoch,
+            seq=snapshot.seq,
+            activitiesSeq=snapshot.activitiesSeq,
+            subscription=command_subscription(command),
+        )
+
+
+def conn_variant(wanted: StreamRequest) -> Variant:
+    """The wire variant a connection asked for."""
+    return PLAIN
+
+
+def command_subscription(command: Subscribe) -> Subscription:
+    """The subscription part of a subscribe command (what the result echoes)."""
+    return Subscription(
+        sessionIds=command.sessionIds,
+        repositories=command.repositories,
+        states=command.states,
+        activities=command.activities,
+    )
+
+
+class _ClientSession:
+    """One connection's reading side: pongs, pings, and commands run as tasks."""
+
+    def __init__(self, endpoint: WebSocketEndpoint, conn: Connection) -> None:
+        self._endpoint = endpoint
+        self._conn = conn
+        self._bucket = _Bucket(COMMAND_RATE_PER_S, COMMAND_BURST)
+        self._refused = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._caller = Caller(
+            read_only=False,
+            subscribe=lambda command: endpoint.subscribe(conn, command),
+            name=f"client {conn.id}",
+        )
+
+    async def read(self, ws: web.WebSocketResponse) -> None:
+        """Pongs keep the client alive; pings are answered; messages are commands."""
+        conn = self._conn
         while True:
             msg = await ws.receive()
             kind = msg.type
@@ -171,7 +314,9 @@ class WebSocketEndpoint:
                 conn.alive = True
                 await ws.pong(msg.data)
             elif kind in (WSMsgType.TEXT, WSMsgType.BINARY):
-                conn.alive = True  # protocol has no client messages yet: ignored
+                conn.alive = True
+                if not self._command(msg.data):
+                    return
             elif kind is WSMsgType.ERROR:
                 error = msg.data
                 if isinstance(error, WebSocketError) and error.code == WSCloseCode.MESSAGE_TOO_BIG:
@@ -183,3 +328,50 @@ class WebSocketEndpoint:
                 return
             else:  # CLOSE, CLOSING, CLOSED
                 return
+
+    def _answer(self, result: ResultMessage) -> None:
+        if self._conn.open:
+            self._conn.write(text_frame(encode(result)), 1)
+
+    def _command(self, data: bytes | str) -> bool:
+        """Handle one client message; False when the connection must close (a flood)."""
+        conn = self._conn
+        try:
+            command = decode_command(data)
+        except BadMessage as exc:
+            self._answer(error_result(exc.id, exc.code, str(exc)))
+            return True
+        if not self._bucket.take() or len(self._tasks) >= MAX_COMMANDS_IN_FLIGHT:
+            self._refused += 1
+            if self._refused >= COMMAND_FLOOD_LIMIT:
+                log.warning(
+                    "Client flooding commands; closed with 1008",
+                    extra={"clientId": conn.id, "refused": self._refused},
+                )
+                conn.close(close_frame(POLICY_VIOLATION, "too many messages"), "command_flood")
+                return False
+            self._answer(error_result(command.id, "rate_limited", "too many messages; slow down"))
+            return True
+        self._refused = 0
+        endpoint = self._endpoint
+        if isinstance(command, Subscribe):  # synchronous: no await between view and snapshot
+            self._answer(endpoint.subscribe(conn, command))
+            return True
+        commands = endpoint._commands
+        if commands is None:
+            self._answer(
+                error_result(command.id, "failed_precondition", "commands are not enabled")
+            )
+            return True
+
+        async def run() -> None:
+            self._answer(await commands.run(self._caller, command))
+
+        task = asyncio.create_task(run(), name=f"command-{conn.id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return True
+
+    async def close(self) -> None:
+        """Cancel the connection's commands still waiting on the upstream."""
+        await cancel_and_wait(self._tasks)

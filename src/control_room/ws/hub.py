@@ -12,6 +12,7 @@ from control_room.broker.base import Batch
 from control_room.metrics import Metrics
 from control_room.ws.connection import Connection
 from control_room.ws.frames import PING_FRAME, close_frame
+from control_room.ws.prepared import Key, batch_frames
 
 GOING_AWAY: Final = 1001
 
@@ -21,8 +22,9 @@ log = logs.get("ws")
 class Hub:
     """Every live connection of this process; a broker sink.
 
-    `deliver` writes the batch's frames (built once) to each client in turn and never
-    awaits, so one slow client cannot delay the others. A client whose pending bytes are
+    Clients are grouped by what they share (view and wire variant). `deliver` builds the
+    batch's frames once per group that has clients and writes them to each client in turn,
+    never awaiting, so one slow client cannot delay the others. A client whose pending bytes are
     over the limit *before* a write is cut: checking before, not after, gives the kernel a
     chance to take a burst from a client that is reading, as Node's `bufferedAmount` check
     does.
@@ -32,6 +34,7 @@ class Hub:
         self._metrics = metrics
         self._max_buffer = max_buffer_bytes
         self.connections: dict[int, Connection] = {}
+        self.groups: dict[Key, dict[int, Connection]] = {}
         self.broadcasts = 0
         self.messages_sent = 0
         self.bytes_sent = 0
@@ -42,57 +45,78 @@ class Hub:
     def add(self, conn: Connection) -> None:
         """Start delivering to `conn`."""
         self.connections[conn.id] = conn
+        self.groups.setdefault(conn.key, {})[conn.id] = conn
         self._metrics.connections_active.set(len(self.connections))
 
     def remove(self, conn: Connection) -> None:
         """Stop delivering to `conn` (it closed or was cut)."""
         if self.connections.pop(conn.id, None) is not None:
+            self._leave_group(conn)
             self._metrics.connections_active.set(len(self.connections))
+
+    def regroup(self, conn: Connection, key: Key) -> None:
+        """Deliver to `conn` under another view or variant from the next batch on."""
+        if conn.id in self.connections:
+            self._leave_group(conn)
+            self.groups.setdefault(key, {})[conn.id] = conn
+        conn.key = key
+
+    def _leave_group(self, conn: Connection) -> None:
+        group = self.groups.get(conn.key)
+        if group is not None:
+            group.pop(conn.id, None)
+            if not group:
+                del self.groups[conn.key]
 
     def deliver(self, batch: Batch) -> None:
         """Hand the batch to every client: same bytes, no await, cut those over the limit."""
         started = time.perf_counter()
-        frames = batch.frames
-        count = len(batch.entries)
-        size = len(frames)
         limit = self._max_buffer
-        delivered = 0
+        messages = sent = 0
         slow: list[Connection] = []
-        for conn in self.connections.values():
-            if conn.catching_up:
-                conn.held(batch)
-                if conn.pending_bytes > limit:
+        for key, group in self.groups.items():
+            frames, count = batch_frames(batch, key)
+            if not count:
+                continue
+            size = len(frames)
+            for conn in group.values():
+                if conn.catching_up:
+                    conn.held(batch)
+                    if conn.pending_bytes > limit:
+                        slow.append(conn)
+                    continue
+                transport = conn.transport
+                if transport.get_write_buffer_size() > limit:
                     slow.append(conn)
-                continue
-            transport = conn.transport
-            if transport.get_write_buffer_size() > limit:
-                slow.append(conn)
-                continue
-            if transport.is_closing():
-                continue
-            conn.write(frames, count)
-            delivered += 1
+                    continue
+                if transport.is_closing():
+                    continue
+                conn.write(frames, count)
+                messages += count
+                sent += size
         for conn in slow:
             self.cut_slow(conn)
         self.broadcasts += 1
-        self.messages_sent += delivered * count
-        self.bytes_sent += delivered * size
+        self.messages_sent += messages
+        self.bytes_sent += sent
         metrics = self._metrics
-        metrics.messages_sent.inc(delivered * count)
-        metrics.bytes_sent.inc(delivered * size)
+        metrics.messages_sent.inc(messages)
+        metrics.bytes_sent.inc(sent)
         metrics.broadcast_duration.observe(time.perf_counter() - started)
         client_count = len(self.connections)
         logging_info = log.isEnabledFor(logging.INFO)
-        for delta, entry in zip(batch.deltas, batch.entries, strict=True):
+        for entry in batch.events:
             metrics.payload_size.observe(len(entry.payload))
             if not logging_info:
                 continue
             log.info(
-                "Broadcasting session delta",
+                "Broadcasting session delta"
+                if entry.channel == "sessions"
+                else "Broadcasting activity",
                 extra={
-                    "type": delta.type,
-                    "sessionId": delta.sessionId,
-                    "seq": delta.seq,
+                    "type": entry.type,
+                    "sessionId": entry.session_id,
+                    "seq": entry.seq,
                     "clientCount": client_count,
                     "payloadSize": len(entry.payload),
                 },

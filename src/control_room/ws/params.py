@@ -1,11 +1,20 @@
-"""Pure parsing of the WebSocket URL's query: resume position and snapshot request."""
+"""Pure parsing of the WebSocket URL's query: resume position, snapshot, subscription."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Final
 
 from control_room.models import Position
+from control_room.views import DEFAULT_VIEW, BadFilter, View
+
+VIEW_PARAMETERS: Final = {
+    "sessionId": "sessionIds",
+    "repository": "repositories",
+    "state": "states",
+}
+"""Query parameter -> subscription field: each repeatable, or a comma-separated list."""
 
 
 class BadParameter(ValueError):
@@ -24,6 +33,8 @@ class StreamRequest:
     since: int | None = None
     epoch: str | None = None
     snapshot: bool = False
+    view: View = DEFAULT_VIEW
+    activities_since: int | None = None
 
 
 def parse_seq(name: str, raw: str) -> int:
@@ -37,25 +48,78 @@ def parse_seq(name: str, raw: str) -> int:
     return value
 
 
+def _all(query: Mapping[str, str], name: str) -> list[str] | None:
+    """Every value of a repeatable parameter, commas splitting too; None when absent."""
+    getall = getattr(query, "getall", None)
+    raw: list[str] = (
+        getall(name, []) if getall is not None else [query[name]] if name in query else []
+    )
+    if not raw:
+        return None
+    return [part for value in raw for part in value.split(",")]
+
+
+def _flag(query: Mapping[str, str], name: str) -> bool:
+    raw = query.get(name, "").strip().lower()
+    if raw not in ("", "0", "1", "true", "false"):
+        raise BadParameter(name, f"expected 1 or 0, got {raw!r}")
+    return raw in ("1", "true")
+
+
+def parse_view(query: Mapping[str, str]) -> View:
+    """The subscription asked for at connect time (no parameters: the default stream)."""
+    filters = {field: _all(query, name) for name, field in VIEW_PARAMETERS.items()}
+    activities = _flag(query, "activities")
+    if activities is False and all(v is None for v in filters.values()):
+        return DEFAULT_VIEW
+    try:
+        return View.of(
+            session_ids=filters["sessionIds"],
+            repositories=filters["repositories"],
+            states=filters["states"],
+            activities=activities,
+        )
+    except BadFilter as exc:
+        name = next(n for n, f in VIEW_PARAMETERS.items() if f == exc.field)
+        raise BadParameter(name, str(exc)) from None
+
+
 def parse_stream_request(query: Mapping[str, str], position: Position) -> StreamRequest:
     """Validate `since`, `epoch` and `snapshot`; BadParameter names the culprit.
 
     A `since` ahead of the stream is an error only in the current epoch (or with no epoch,
     which means the current one): from another epoch it is simply stale, and gets a reset.
     """
-    snapshot_raw = query.get("snapshot", "").strip().lower()
-    if snapshot_raw not in ("", "0", "1", "true", "false"):
-        raise BadParameter("snapshot", f"expected 1 or 0, got {snapshot_raw!r}")
-    snapshot = snapshot_raw in ("1", "true")
+    snapshot = _flag(query, "snapshot")
+    view = parse_view(query)
     since_raw = query.get("since")
     epoch = query.get("epoch") or None
+    activities_raw = query.get("activitiesSince")
+    activities_since = None
+    if activities_raw is not None:
+        if not view.activities:
+            raise BadParameter("activitiesSince", "given without activities=1")
+        if since_raw is None:
+            raise BadParameter("activitiesSince", "given without since")
+        activities_since = parse_seq("activitiesSince", activities_raw)
     if since_raw is None:
         if epoch is not None:
             raise BadParameter("epoch", "given without since")
-        return StreamRequest(snapshot=snapshot)
+        return StreamRequest(snapshot=snapshot, view=view)
     if snapshot:
         raise BadParameter("snapshot", "cannot be combined with since")
     since = parse_seq("since", since_raw)
     if since > position.seq and epoch in (None, position.epoch):
         raise BadParameter("since", f"{since} is ahead of the stream (seq {position.seq})")
-    return StreamRequest(since=since, epoch=epoch, snapshot=False)
+    if (
+        activities_since is not None
+        and activities_since > position.activities_seq
+        and epoch in (None, position.epoch)
+    ):
+        raise BadParameter(
+            "activitiesSince",
+            f"{activities_since} is ahead of the stream (seq {position.activities_seq})",
+        )
+    return StreamRequest(
+        since=since, epoch=epoch, snapshot=False, view=view, activities_since=activities_since
+    )

@@ -1,0 +1,120 @@
+"""Pure subscription views: which events a connection receives, and in which form.
+
+A view filters the sessions channel by session id, repository and state, and adds the
+activities channel when asked. A session entering a view is `created` for it and one
+leaving is `deleted`, with the original event's `seq`, so a client's picture of its view is
+always consistent. Views are values (hashable): connections with equal subscriptions share
+one view, and each broadcast is projected once per distinct view, never once per client.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Final, Literal
+
+from control_room.broker.base import ACTIVITIES, Entry, Tag
+from control_room.models import JulesSession
+
+MAX_FILTER_VALUES: Final = 1_000
+"""Values per filter field: a dashboard watching a thousand sessions by id is already an
+unusual view; the bound keeps a subscription's size (and its hash) small."""
+MAX_FILTER_VALUE_CHARS: Final = 256
+"""Ids are ~20 digits and `owner/repo` at most ~140 characters on GitHub."""
+
+Projection = Literal["pass", "created", "deleted", "drop"]
+"""What a view makes of an event: as is, as an entry into the view, as a departure, none."""
+
+
+class BadFilter(ValueError):
+    """A subscription field is unusable; the message names the field and the limit."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+
+
+def _values(field: str, values: Iterable[str] | None) -> frozenset[str] | None:
+    if values is None:
+        return None
+    found = frozenset(v.strip() for v in values if v.strip())
+    if len(found) > MAX_FILTER_VALUES:
+        raise BadFilter(field, f"at most {MAX_FILTER_VALUES} values")
+    if any(len(v) > MAX_FILTER_VALUE_CHARS for v in found):
+        raise BadFilter(field, f"values are at most {MAX_FILTER_VALUE_CHARS} characters")
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class View:
+    """A connection's filters (None: no filter on that field) and whether it gets activities.
+
+    An empty set filters everything out of that field (a view of nothing is legal).
+    """
+
+    session_ids: frozenset[str] | None = None
+    repositories: frozenset[str] | None = None
+    states: frozenset[str] | None = None
+    activities: bool = False
+
+    @classmethod
+    def of(
+        cls,
+        *,
+        session_ids: Iterable[str] | None = None,
+        repositories: Iterable[str] | None = None,
+        states: Iterable[str] | None = None,
+        activities: bool = False,
+    ) -> View:
+        """A view from filter values; BadFilter when one is over a limit."""
+        return cls(
+            _values("sessionIds", session_ids),
+            _values("repositories", repositories),
+            _values("states", states),
+            activities,
+        )
+
+    @property
+    def filtered(self) -> bool:
+        """True when some session can be left out."""
+        return not (self.session_ids is None and self.repositories is None and self.states is None)
+
+    def admits(self, session_id: str, tag: Tag | None) -> bool:
+        """Whether a session with this id and (repository, state) tag is in the view."""
+        if tag is None:
+            return False
+        if self.session_ids is not None and session_id not in self.session_ids:
+            return False
+        if self.repositories is not None and tag[0] not in self.repositories:
+            return False
+        return self.states is None or tag[1] in self.states
+
+    def admits_session(self, session: JulesSession) -> bool:
+        """Whether `session` is in the view."""
+        return self.admits(session.id, (session.repository, session.state))
+
+    def select(self, sessions: Mapping[str, JulesSession]) -> list[JulesSession]:
+        """The sessions of a snapshot that are in the view, in the snapshot's order."""
+        if not self.filtered:
+            return list(sessions.values())
+        return [s for s in sessions.values() if self.admits_session(s)]
+
+    def project(self, entry: Entry) -> Projection:
+        """What this view makes of one event."""
+        if entry.channel == ACTIVITIES:
+            return (
+                "pass" if self.activities and self.admits(entry.session_id, entry.after) else "drop"
+            )
+        if not self.filtered:
+            return "pass"
+        was = self.admits(entry.session_id, entry.before)
+        now = self.admits(entry.session_id, entry.after)
+        if was and now:
+            return "pass"
+        if now:
+            return "created"
+        return "deleted" if was else "drop"
+
+
+DEFAULT_VIEW: Final = View()
+"""No subscription: every session delta, no activities (the seed's stream)."""
