@@ -6,12 +6,17 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Final
 
+import msgspec
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from control_room import logging as logs
 from control_room.auth import bearer_auth
 from control_room.broker.base import Broker, HistoryGone
+from control_room.commands import Caller, Commands
+from control_room.jules.actions import Source
+from control_room.jules.client import UpstreamError
+from control_room.messages import BadMessage, Command, CreateSession, decode_command
 from control_room.metrics import Metrics
 from control_room.models import encode
 from control_room.poller import Poller
@@ -23,6 +28,25 @@ from control_room.ws.params import BadParameter, parse_seq
 RETRY_STORE_S: Final = 5  # a store outage is retried by the poller each interval, too
 MAX_DELTAS_PER_PAGE: Final = 1_000  # one response stays a few MB at most
 JSON: Final = "application/json"
+SESSION_ACTIONS: Final = {
+    "approvePlan": "approvePlan",
+    "sendMessage": "sendMessage",
+    "archive": "archiveSession",
+    "unarchive": "unarchiveSession",
+}
+"""REST custom methods (`/api/sessions/{id}:<action>`) -> the command they run."""
+ERROR_STATUS: Final[dict[str, int]] = {
+    "bad_message": 400,
+    "unknown_type": 400,
+    "invalid_argument": 400,
+    "not_found": 404,
+    "failed_precondition": 409,
+    "forbidden": 403,
+    "rate_limited": 429,
+    "upstream_unavailable": 502,
+    "internal": 500,
+}
+"""The HTTP status of each command error code on the REST side."""
 
 log = logs.get("api")
 
@@ -47,7 +71,11 @@ class Api:
         metrics: Metrics,
         metrics_public: bool,
         stats_extra: Callable[[], dict[str, object]] | None = None,
+        commands: Commands | None = None,
+        sources: Callable[[], Awaitable[list[Source]]] | None = None,
     ) -> None:
+        self._commands = commands
+        self._sources = sources
         self._token = token
         self._poller = poller
         self._broker = broker
@@ -65,6 +93,11 @@ class Api:
             web.get("/api/sessions/{id}", a(self.session)),
             web.get("/api/deltas", a(self.deltas)),
             web.get("/api/stats", a(self.stats)),
+            web.post("/api/sessions", a(self.create_session)),
+            # `{id}:approvePlan` is one path segment (Google's custom-method style).
+            web.post("/api/sessions/{id_action}", a(self.session_action)),
+            web.delete("/api/sessions/{id}", a(self.delete_session)),
+            web.get("/api/sources", a(self.list_sources)),
             web.get("/healthz", self.healthz),
             web.get("/readyz", self.readyz),
             web.get("/metrics", self.metrics if self._metrics_public else a(self.metrics)),
@@ -97,6 +130,67 @@ class Api:
         if found is None:
             return json_error(404, "not_found", message=f"no session {sid!r}")
         return json_bytes(encode(found))
+
+    async def _run(self, request: web.Request, command: Command) -> web.StreamResponse:
+        if self._commands is None:
+            return json_error(503, "commands_unavailable", message="no upstream to send to")
+        result = await self._commands.run(Caller(read_only=False, name="rest"), command)
+        if result.error is not None:
+            status = ERROR_STATUS.get(result.error.code, 400)
+            return json_error(status, result.error.code, message=result.error.message)
+        if result.session is None:
+            return web.Response(status=204)
+        return json_bytes(
+            encode(result.session), 201 if isinstance(command, CreateSession) else 200
+        )
+
+    async def _command(
+        self, request: web.Request, kind: str, fields: dict[str, object]
+    ) -> web.StreamResponse:
+        """Decode a REST body into the same command the WebSocket takes, then run it."""
+        body: object = {}
+        if request.can_read_body:
+            raw = await request.read()
+            try:
+                body = msgspec.json.decode(raw) if raw.strip() else {}
+            except msgspec.DecodeError:
+                return json_error(400, "bad_message", message="the body is not valid JSON")
+        if not isinstance(body, dict):
+            return json_error(400, "bad_message", message="the body must be a JSON object")
+        try:
+            command = decode_command(encode({**body, **fields, "type": kind}))
+        except BadMessage as exc:
+            return json_error(400, exc.code, message=str(exc))
+        return await self._run(request, command)
+
+    async def create_session(self, request: web.Request) -> web.StreamResponse:
+        """`POST /api/sessions` with `{prompt, repository?, branch?, title?, ...}`."""
+        return await self._command(request, "createSession", {})
+
+    async def session_action(self, request: web.Request) -> web.StreamResponse:
+        """`POST /api/sessions/{id}:approvePlan` (`:sendMessage`, `:archive`, `:unarchive`)."""
+        sid, _, action = request.match_info["id_action"].partition(":")
+        kind = SESSION_ACTIONS.get(action)
+        if kind is None:
+            known = ", ".join(f":{a}" for a in SESSION_ACTIONS)
+            return json_error(404, "not_found", message=f"no action {action!r}; known: {known}")
+        return await self._command(request, kind, {"sessionId": sid})
+
+    async def delete_session(self, request: web.Request) -> web.StreamResponse:
+        """`DELETE /api/sessions/{id}`."""
+        return await self._command(
+            request, "deleteSession", {"sessionId": request.match_info["id"]}
+        )
+
+    async def list_sources(self, request: web.Request) -> web.StreamResponse:
+        """`GET /api/sources`: the repositories Jules can work on (for the create form)."""
+        if self._sources is None:
+            return json_error(503, "commands_unavailable", message="no upstream to ask")
+        try:
+            sources = await self._sources()
+        except UpstreamError as exc:
+            return json_error(502, "upstream_unavailable", message=f"Jules answered: {exc.detail}")
+        return json_bytes(encode({"sources": sources}))
 
     async def deltas(self, request: web.Request) -> web.StreamResponse:
         """History after `since`, oldest first; 410 when `since` is older than retained."""

@@ -13,7 +13,9 @@ from aiohttp import web
 from control_room import logging as logs
 from control_room.api import Api
 from control_room.broker.memory import MemoryBroker
+from control_room.commands import Commands
 from control_room.config import Settings
+from control_room.jules.actions import JulesActions
 from control_room.jules.client import JulesClient, RequestPolicy
 from control_room.metrics import Metrics
 from control_room.models import Snapshot
@@ -135,6 +137,11 @@ class Service:
             initial=initial,
             state=self.state,
         )
+        commands: Commands | None = None
+        actions: JulesActions | None = None
+        if self._http is not None:  # commands go to the real upstream (tests may inject one)
+            actions = JulesActions(self._http, s.jules_api_base, lambda: s.jules_api_key)
+            commands = Commands(actions, poller.refresh, lambda sid: self.state.sessions.get(sid))
         api = Api(
             token=s.local_token,
             poller=poller,
@@ -143,8 +150,12 @@ class Service:
             metrics=self.metrics,
             metrics_public=s.metrics_public,
             stats_extra=notifier.stats if notifier is not None else None,
+            commands=commands,
+            sources=actions.list_sources if actions is not None else None,
         )
-        endpoint = WebSocketEndpoint(s.local_token, self.hub, self.broker, self.state, self.metrics)
+        endpoint = WebSocketEndpoint(
+            s.local_token, self.hub, self.broker, self.state, self.metrics, commands
+        )
 
         async def root(request: web.Request) -> web.StreamResponse:
             if request.headers.get("Upgrade", "").lower() == "websocket":

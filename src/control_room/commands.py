@@ -67,8 +67,12 @@ class Actions(Protocol):
         """Delete; UpstreamError on failure."""
 
 
-Refresh = Callable[[str], Awaitable[None]]
-"""Re-read one session from the upstream now and publish what changed."""
+class Refresh(Protocol):
+    """Re-read one session from the upstream now and publish what changed."""
+
+    async def __call__(self, session_id: str, *, gone_is_deleted: bool = False) -> None:
+        """`gone_is_deleted`: a session no longer found is announced deleted."""
+
 
 Subscriber = Callable[[Subscribe], ResultMessage]
 """Replace the calling connection's subscription (synchronously); only sockets have one."""
@@ -164,7 +168,7 @@ async def _archive(commands: Commands, caller: Caller, command: Command) -> Resu
     assert isinstance(command, ArchiveSession)
     sid = _session_id(command.sessionId)
     await commands.actions.archive_session(sid)
-    await commands.refreshed(sid)
+    await commands.refreshed(sid, gone=True)
     return _ok(command.id)
 
 
@@ -179,7 +183,7 @@ async def _delete(commands: Commands, caller: Caller, command: Command) -> Resul
     assert isinstance(command, DeleteSession)
     sid = _session_id(command.sessionId)
     await commands.actions.delete_session(sid)
-    await commands.refreshed(sid)
+    await commands.refreshed(sid, gone=True)
     return _ok(command.id)
 
 
@@ -208,14 +212,14 @@ class Commands:
         self._refresh = refresh
         self._current = current
 
-    async def refreshed(self, session_id: str) -> JulesSession | None:
+    async def refreshed(self, session_id: str, *, gone: bool = False) -> JulesSession | None:
         """Re-read the session now so its delta goes out at once; its current state after.
 
         A failed re-read is not the command's failure (the command itself succeeded): the
         next poll will catch up, and the log says so.
         """
         try:
-            await self._refresh(session_id)
+            await self._refresh(session_id, gone_is_deleted=gone)
         except UpstreamError as exc:
             log.warning(
                 "Re-read after a command failed; the next poll catches up",

@@ -19,7 +19,7 @@ from control_room.jules.client import UpstreamError
 from control_room.jules.mapping import MappedListing, map_listing, map_session
 from control_room.jules.types import RawSession, Session
 from control_room.metrics import Metrics
-from control_room.models import Position, Snapshot
+from control_room.models import Change, Position, Snapshot
 from control_room.state import State
 
 MAX_POLL_BACKOFF_S: Final = 60.0  # a minute: recovers quickly, costs little quota when down
@@ -162,16 +162,9 @@ class Poller:
                 return self._interval
             log.info("Baseline taken", extra={"sessions": len(current.sessions)})
         if changes:
-            deltas = self._broker.stamp(changes, iso_now())
-            batch = Batch(deltas)
-            if self._persist is not None and not await self._persisted(batch, current.sessions):
+            if not await self._publish(changes, current.sessions):
                 return self._interval
-            if self._notify is not None:
-                self._notify(batch)
             self._listing = current
-            self._broker.publish(batch)
-            for change in changes:
-                self._metrics.deltas_published.labels(change.type).inc()
         else:
             self._listing = current
         self._metrics.deltas_per_poll.observe(len(changes))
@@ -196,6 +189,49 @@ class Poller:
             },
         )
         return self._interval
+
+    async def _publish(self, changes: list[Change], sessions: Snapshot) -> bool:
+        """Stamp, persist, hand to webhooks, publish; False (nothing published) when the
+        store refused, so the same changes are found and tried again next time."""
+        batch = Batch(self._broker.stamp(changes, iso_now()))
+        if self._persist is not None and not await self._persisted(batch, sessions):
+            return False
+        if self._notify is not None:
+            self._notify(batch)
+        self._broker.publish(batch)
+        for change in changes:
+            self._metrics.deltas_published.labels(change.type).inc()
+        return True
+
+    async def refresh(self, session_id: str, *, gone_is_deleted: bool = False) -> None:
+        """Re-read one session now (after a command) and publish what changed at once.
+
+        A session the upstream no longer lists (404, or archived) is announced deleted only
+        with `gone_is_deleted` (after a delete or archive command): right after a create a
+        GET may briefly answer 404, and a deletion otherwise comes only from a complete
+        listing. Raises UpstreamError when the read fails.
+        """
+        async with self._lock:
+            if self._listing is None:
+                return  # no baseline yet: the first poll will include it
+            found = await self._upstream.get_session(session_id)
+            listing = self._listing
+            before = listing.sessions.get(session_id)
+            if found is None or found.archived:
+                if before is None or not gone_is_deleted:
+                    return
+                after = None
+            else:
+                after = map_session(found, before)
+            sessions = dict(listing.sessions)
+            if after is None:
+                del sessions[session_id]
+            else:
+                sessions[session_id] = after
+            changes = diff(listing.sessions, sessions, [session_id])
+            if changes and await self._publish(changes, sessions):
+                # The next listing is diffed against this, so the change is not sent twice.
+                listing.sessions = sessions
 
     async def _persisted(self, batch: Batch, sessions: Snapshot) -> bool:
         assert self._persist is not None

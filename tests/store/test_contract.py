@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from control_room.broker.base import Batch, HistoryGone
+from control_room.broker.base import ACTIVITIES, Batch, HistoryGone
 from control_room.models import Position
 from control_room.store import common
 from control_room.store.base import Loaded, SchemaTooNew, StoreError
@@ -218,3 +218,39 @@ async def test_a_store_that_is_not_open_says_so(backend: Backend) -> None:
     store = await backend.make()
     with pytest.raises(StoreError, match="not open"):
         await store.save(Batch([]), {}, Position("e", 0))
+
+
+async def test_activities_are_a_channel_of_their_own_with_their_routes(backend: Backend) -> None:
+    t = await opened(backend)
+    await t.baseline(sessions(session("a"), session("b", "IN_PROGRESS")))
+    await t.activities("a", "b")
+    await t.poll(sessions(session("a", "PLANNING"), session("b", "IN_PROGRESS")))
+    await t.activities("b")
+
+    loaded = await reopen(backend)
+    assert loaded is not None
+    assert loaded.position == Position("epoch-1", 1, 3)
+    assert loaded.sessions == t.sessions  # activities alone never replace the snapshot
+    history = await t.store.history(0, channel=ACTIVITIES)
+    published = [e for b in t.batches for e in b.activities]
+    assert [(e.seq, e.session_id, e.payload) for e in history] == [
+        (e.seq, e.session_id, e.payload) for e in published
+    ]
+    assert [e.after for e in history] == [
+        ("acme/api", "QUEUED"),
+        ("acme/api", "IN_PROGRESS"),
+        ("acme/api", "IN_PROGRESS"),
+    ]
+    assert [e.seq for e in await t.store.history(1, channel=ACTIVITIES, session_id="b")] == [2, 3]
+    assert [e.seq for e in await t.store.history(0)] == [1]  # the delta log is apart
+
+
+async def test_prune_covers_the_activities_channel(backend: Backend) -> None:
+    t = await opened(backend)
+    await t.baseline(sessions(session("a")))
+    for _ in range(4):
+        await t.activities("a")
+    assert await t.store.prune(0.0, keep_at_most=1) == 3
+    with pytest.raises(HistoryGone):
+        await t.store.history(0, channel=ACTIVITIES)
+    assert [e.seq for e in await t.store.history(3, channel=ACTIVITIES)] == [4]

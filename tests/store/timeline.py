@@ -5,7 +5,8 @@ from __future__ import annotations
 from control_room.broker.base import Batch
 from control_room.broker.memory import MemoryBroker
 from control_room.diff import diff
-from control_room.models import JulesSession, Position, Snapshot
+from control_room.messages import ActivityMessage
+from control_room.models import Activity, JulesSession, Position, Snapshot
 from control_room.store.base import Store
 from tests.factories import session
 
@@ -45,9 +46,38 @@ class Timeline:
     async def poll(self, snapshot: Snapshot) -> Batch:
         """Save the changes to `snapshot`, then publish them."""
         batch = self.stamp(snapshot)
-        position = Position(self.position.epoch, batch.last_seq)
+        position = Position(self.position.epoch, batch.last_seq, self.position.activities_seq)
         await self.store.save(batch, snapshot, position)
         self.sessions = dict(snapshot)
+        self.broker.publish(batch)
+        self.batches.append(batch)
+        return batch
+
+    async def activities(self, *session_ids: str) -> Batch:
+        """Save and publish one new activity for each session (sessions unchanged)."""
+        start = self.position.activities_seq
+        messages = [
+            (
+                ActivityMessage(
+                    sessionId=sid,
+                    activity=Activity(
+                        id=f"act-{start + i}",
+                        sessionId=sid,
+                        kind="progressUpdated",
+                        originator="agent",
+                        createdAt=TIMESTAMP,
+                        title=f"step {start + i}",
+                    ),
+                    timestamp=TIMESTAMP,
+                    seq=start + i,
+                ),
+                ("acme/api", self.sessions[sid].state if sid in self.sessions else "QUEUED"),
+            )
+            for i, sid in enumerate(session_ids, start=1)
+        ]
+        batch = Batch([], messages)
+        position = Position(self.position.epoch, self.position.seq, start + len(messages))
+        await self.store.save(batch, self.sessions, position)
         self.broker.publish(batch)
         self.batches.append(batch)
         return batch

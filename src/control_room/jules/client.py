@@ -68,7 +68,8 @@ class RequestPolicy:
     retry_after_max: float = RETRY_AFTER_MAX_S
 
 
-def _error_message(body: bytes) -> str:
+def error_message(body: bytes) -> str:
+    """The message of Google's error envelope (or the start of an unexpected body)."""
     try:
         envelope = _error_decoder.decode(body)
     except msgspec.MsgspecError:
@@ -76,6 +77,13 @@ def _error_message(body: bytes) -> str:
     if envelope.error is None:
         return body[:200].decode(errors="replace")
     return f"{envelope.error.status or envelope.error.code}: {envelope.error.message}"
+
+
+def describe_error(exc: BaseException, method: str, url: str, timeout: float) -> UpstreamError:
+    """An UpstreamError for a request that got no answer, naming what went wrong."""
+    if isinstance(exc, TimeoutError):
+        return UpstreamError("timeout", f"{method} {url}: timed out after {timeout:g} s")
+    return UpstreamError("network", f"{method} {url}: {exc}")
 
 
 class JulesClient:
@@ -163,7 +171,7 @@ class JulesClient:
             raise UpstreamError("network", f"GET {path}: {type(exc).__name__}") from None
         if status == 200:
             return body
-        message = _error_message(body)
+        message = error_message(body)
         if status in (401, 403):
             raise UpstreamError("unauthorized", message, status=status)
         if status == 429:
