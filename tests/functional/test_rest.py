@@ -43,7 +43,7 @@ async def test_unknown_paths_and_methods_answer_json(
     async with http.get(service.url + "/no/such/thing") as resp:
         assert resp.status == 404
         assert (await resp.json())["error"] == "not_found"
-    async with http.post(service.url + "/api/sessions", headers=AUTH) as resp:
+    async with http.put(service.url + "/api/sessions", headers=AUTH) as resp:
         assert resp.status == 405
         assert (await resp.json())["error"] == "method_not_allowed"
 
