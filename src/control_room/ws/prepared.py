@@ -2,32 +2,68 @@
 
 Like gorilla/websocket's `PreparedMessage` (used by Centrifugo), a broadcast's frames are
 built the first time a client of a given view and variant needs them and cached on the
-batch; every other client of the pair is handed the very same bytes. What a view makes of
-an event (passed as is, or turned into a `created` / `deleted` for that view) is encoded
-once per event and cached on the entry, so a replay or another view reuses it.
+batch; every other client of the pair is handed the very same bytes. Each step is cached
+at the level it depends on, so no work is repeated across views or variants either:
+
+- on the entry (`Entry.derived`): what a view makes of it (`created` / `deleted` for a
+  filtered view), its JSON Patch form, its MessagePack form, its compressed form;
+- on the batch (`Batch.prepared`): the whole frame sequence of one (view, variant).
+
+Variants: encoding (`json` text frames, or `msgpack` binary frames with the same shapes),
+`patch` (`updated` as RFC 6902 operations), `batch` (a poll's messages as one `batch`
+message), and permessage-deflate (RFC 7692) with no context takeover, so one compressed
+frame serves every client that negotiated the same window size.
 """
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Literal
 
+import jsonpatch
 import msgspec
 
-from control_room.broker.base import Batch, Channel, Entry
+from control_room.broker.base import SESSIONS, Batch, Channel, Entry
+from control_room.messages import PatchDelta
 from control_room.models import SessionDelta, encode
 from control_room.views import View
-from control_room.ws.frames import text_frame
+from control_room.ws.frames import OP_BINARY, OP_TEXT, data_frame
+
+Encoding = Literal["json", "msgpack"]
+
+COMPRESSION_LEVEL: Final = 6
+"""zlib's default: on this service's JSON (repetitive keys, ids, timestamps) level 6 takes
+within a few percent of level 9's size at half its time; compression runs once per message
+per variant, not per client, so its cost hardly shows next to the sends."""
+DEFAULT_COMPRESSION_MIN_BYTES: Final = 512
+"""Messages shorter than this go uncompressed (RSV1 clear): below about half a KiB the
+deflate framing and the client's inflate cost more than the bytes they save."""
+_SYNC_TAIL: Final = b"\x00\x00\xff\xff"  # RFC 7692 7.2.1: removed from each message's end
 
 _delta_decoder: Final = msgspec.json.Decoder(SessionDelta)
+_msgpack_encoder: Final = msgspec.msgpack.Encoder()
 
 
 @dataclass(frozen=True, slots=True)
 class Variant:
-    """How a client wants messages on the wire (the seed's: JSON text frames, one each)."""
+    """How a client wants messages on the wire (the default is the seed's: JSON, one each).
 
-    encoding: str = "json"
+    `deflate` is the negotiated server window size in bits (9-15), 0 when uncompressed;
+    `min_compress` the smallest message compressed.
+    """
+
+    encoding: Encoding = "json"
+    patch: bool = False
+    batch: bool = False
+    deflate: int = 0
+    min_compress: int = DEFAULT_COMPRESSION_MIN_BYTES
+
+    @property
+    def opcode(self) -> int:
+        """Text frames for JSON, binary for MessagePack."""
+        return OP_TEXT if self.encoding == "json" else OP_BINARY
 
 
 PLAIN: Final = Variant()
@@ -36,52 +72,134 @@ Key = tuple[View, Variant]
 """What clients share frames by."""
 
 
-def _transformed(entry: Entry, kind: str) -> bytes:
-    """The entry as a `created` (or `deleted`) delta of the same seq, for a filtered view."""
+def _cache(entry: Entry) -> dict[Hashable, bytes | None]:
     derived = entry.derived
     if derived is None:
         derived = entry.derived = {}
-    cache_key: Hashable = (kind, "json")
-    payload = derived.get(cache_key)
-    if payload is None:
-        delta = _delta_decoder.decode(entry.payload)
-        if kind == "created":
-            message = SessionDelta(
-                type="created",
-                sessionId=delta.sessionId,
-                after=delta.after,
-                timestamp=delta.timestamp,
-                seq=delta.seq,
-            )
-        else:
-            message = SessionDelta(
-                type="deleted",
-                sessionId=delta.sessionId,
-                before=delta.before,
-                timestamp=delta.timestamp,
-                seq=delta.seq,
-            )
-        payload = derived[cache_key] = encode(message)
+    return derived
+
+
+def _json_form(entry: Entry, form: str) -> bytes:
+    """The entry's JSON as `form`: `pass` (as published), `created`, `deleted`, `patch`."""
+    if form == "pass":
+        return entry.payload
+    derived = _cache(entry)
+    found = derived.get((form, "json"))
+    if found is not None:
+        return found
+    delta = _delta_decoder.decode(entry.payload)
+    message: SessionDelta | PatchDelta
+    if form == "created":
+        message = SessionDelta(
+            type="created",
+            sessionId=delta.sessionId,
+            after=delta.after,
+            timestamp=delta.timestamp,
+            seq=delta.seq,
+        )
+    elif form == "deleted":
+        message = SessionDelta(
+            type="deleted",
+            sessionId=delta.sessionId,
+            before=delta.before,
+            timestamp=delta.timestamp,
+            seq=delta.seq,
+        )
+    else:
+        message = PatchDelta(
+            sessionId=delta.sessionId,
+            patch=json_patch(delta),
+            timestamp=delta.timestamp,
+            seq=delta.seq,
+        )
+    payload = derived[(form, "json")] = encode(message)
     return payload
 
 
-def payloads(entries: Iterable[Entry], view: View) -> list[bytes]:
-    """The messages `view` receives for `entries`, JSON-encoded, in order."""
-    out: list[bytes] = []
+def json_patch(delta: SessionDelta) -> list[dict[str, object]]:
+    """RFC 6902 operations turning `before` into `after` (the `jsonpatch` library's diff)."""
+    before = msgspec.to_builtins(delta.before)
+    after = msgspec.to_builtins(delta.after)
+    operations: list[dict[str, object]] = jsonpatch.make_patch(before, after).patch
+    return operations
+
+
+def _encoded(entry: Entry, form: str, encoding: Encoding) -> bytes:
+    """The entry in `form` and `encoding` (MessagePack transcoded from the JSON, once)."""
+    json = _json_form(entry, form)
+    if encoding == "json":
+        return json
+    derived = _cache(entry)
+    found = derived.get((form, encoding))
+    if found is None:
+        found = derived[(form, encoding)] = _msgpack_encoder.encode(msgspec.json.decode(json))
+    return found
+
+
+def _form(entry: Entry, view: View, variant: Variant) -> str | None:
+    """How `view` and `variant` see the entry: a form name, or None when not at all."""
+    projection = view.project(entry)
+    if projection == "drop":
+        return None
+    if projection == "pass" and variant.patch and entry.channel == SESSIONS:
+        if entry.type == "updated":
+            return "patch"
+    return projection
+
+
+def messages(entries: Iterable[Entry], key: Key) -> list[tuple[Entry | None, str, bytes]]:
+    """(entry, form, encoded message) for every message `key`'s clients receive, in order."""
+    view, variant = key
+    out: list[tuple[Entry | None, str, bytes]] = []
     for entry in entries:
-        projection = view.project(entry)
-        if projection == "pass":
-            out.append(entry.payload)
-        elif projection != "drop":
-            out.append(_transformed(entry, projection))
+        form = _form(entry, view, variant)
+        if form is not None:
+            out.append((entry, form, _encoded(entry, form, variant.encoding)))
     return out
+
+
+def payloads(entries: Iterable[Entry], view: View) -> list[bytes]:
+    """The JSON messages `view` receives for `entries`, in order (the default variant)."""
+    return [payload for _, _, payload in messages(entries, (view, PLAIN))]
+
+
+def batch_message(parts: Sequence[bytes], encoding: Encoding) -> bytes:
+    """One `{"type": "batch", "deltas": [...]}` message spliced from encoded messages."""
+    if encoding == "json":
+        return b'{"type":"batch","deltas":[' + b",".join(parts) + b"]}"
+    return _msgpack_encoder.encode({"type": "batch", "deltas": [msgspec.Raw(p) for p in parts]})
+
+
+def deflate(payload: bytes, wbits: int) -> bytes:
+    """One message compressed on its own (RFC 7692, no context takeover), tail removed."""
+    compressor = zlib.compressobj(COMPRESSION_LEVEL, zlib.DEFLATED, -wbits)
+    data = compressor.compress(payload) + compressor.flush(zlib.Z_SYNC_FLUSH)
+    return data[:-4] if data.endswith(_SYNC_TAIL) else data
+
+
+def _frame(entry: Entry | None, form: str, payload: bytes, variant: Variant) -> bytes:
+    if not variant.deflate or len(payload) < variant.min_compress:
+        return data_frame(variant.opcode, payload)
+    if entry is None:  # a batch message: built once per key, compressed once per key
+        return data_frame(variant.opcode, deflate(payload, variant.deflate), rsv1=True)
+    derived = _cache(entry)
+    cache_key = (form, variant.encoding, "deflate", variant.deflate)
+    compressed = derived.get(cache_key)
+    if compressed is None:
+        compressed = derived[cache_key] = deflate(payload, variant.deflate)
+    return data_frame(variant.opcode, compressed, rsv1=True)
 
 
 def frames(entries: Sequence[Entry], key: Key) -> tuple[bytes, int]:
     """The wire bytes of `entries` for clients of `key`, and how many messages they hold."""
-    view, _variant = key
-    messages = payloads(entries, view)
-    return b"".join(text_frame(p) for p in messages), len(messages)
+    variant = key[1]
+    found = messages(entries, key)
+    if not found:
+        return b"", 0
+    if variant.batch:
+        body = batch_message([payload for _, _, payload in found], variant.encoding)
+        return _frame(None, "batch", body, variant), 1
+    return b"".join(_frame(e, form, p, variant) for e, form, p in found), len(found)
 
 
 def batch_frames(batch: Batch, key: Key) -> tuple[bytes, int]:
@@ -103,3 +221,13 @@ def batch_frames_after(batch: Batch, key: Key, after: dict[Channel, int]) -> tup
     if len(tail) == len(events):
         return batch_frames(batch, key)
     return frames(tail, key)
+
+
+def single(message: bytes, variant: Variant) -> bytes:
+    """One message made for one client (a snapshot, a reset, a result) in its variant.
+
+    `message` is JSON; MessagePack clients get it transcoded.
+    """
+    if variant.encoding == "msgpack":
+        message = _msgpack_encoder.encode(msgspec.json.decode(message))
+    return _frame(None, "single", message, variant)
