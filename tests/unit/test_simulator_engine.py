@@ -277,7 +277,9 @@ def test_archived_sessions_are_listed_apart_and_come_back_when_unarchived() -> N
     assert ids(sim.list_page(10, archived=True)[0]) == [hide]
     assert sim.get(hide)["archived"] is True
     assert set(ids(sim.sessions_newest_first(include_archived=True))) == {keep, hide}
+    assert sim.archive(hide) is sim.get(hide), "archiving again changes nothing"
     assert "archived" not in sim.unarchive(hide)
+    assert sim.unarchive(hide) is sim.get(hide)
     assert ids(sim.list_page(10)[0]) == [hide, keep]
     assert sim.list_page(10, archived=True)[0] == []
 

@@ -83,6 +83,7 @@ def test_clear_disarms_everything() -> None:
         lambda f: f.delay(-1),
         lambda f: f.fail_page(-1),
         lambda f: f.garbage(only=()),
+        lambda f: f.fail(only="activities"),  # a typo: the kind is list_activities
     ],
 )
 def test_nonsense_faults_are_refused(arm: Callable[[Faults], None]) -> None:

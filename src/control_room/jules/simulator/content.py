@@ -280,23 +280,24 @@ def change_set(rng: random.Random, task: Task, source: str | None) -> Resource:
 
 @functools.cache
 def _change_set(task: Task, source: str | None, variant: int) -> Resource:
-    rng = random.Random(f"{task.title}|{source}|{variant}")
+    change: Resource = {"gitPatch": _git_patch(task, variant)}
+    return change if source is None else {"source": source, **change}
+
+
+@functools.cache
+def _git_patch(task: Task, variant: int) -> Resource:
+    rng = random.Random(f"{task.title}|patch|{variant}")
     count = rng.randint(1, min(3, len(task.files)))
     paths = rng.sample(task.files, count)
     patch = "".join(
         unified_diff(rng, path, new_file=path.startswith("tests/") and rng.random() < 0.5)
         for path in paths
     )
-    change: Resource = {
-        "gitPatch": {
-            "unidiffPatch": patch,
-            "baseCommitId": hex_id(rng, 40),
-            "suggestedCommitMessage": f"{task.title}\n\n{task.prompt}",
-        }
+    return {
+        "unidiffPatch": patch,
+        "baseCommitId": hex_id(rng, 40),
+        "suggestedCommitMessage": f"{task.title}\n\n{task.prompt}",
     }
-    if source is not None:
-        change = {"source": source, **change}
-    return change
 
 
 def bash_output(rng: random.Random, task: Task) -> Resource:

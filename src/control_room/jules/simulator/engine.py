@@ -487,12 +487,20 @@ class Simulator:
         return entry.resource
 
     def archive(self, session_id: str) -> Resource:
-        """Archive a session: hidden from the default listing, still readable; it stands still."""
+        """Archive a session: hidden from the default listing, still readable; it stands still.
+
+        Archiving an archived session changes nothing (not even its updateTime).
+        """
+        entry = self._entry(session_id)
+        if entry.resource.get("archived"):
+            return entry.resource
         return self.update(session_id, archived=True)
 
     def unarchive(self, session_id: str) -> Resource:
         """Bring an archived session back to the default listing (no-op when not archived)."""
         entry = self._entry(session_id)
+        if not entry.resource.get("archived"):
+            return entry.resource
         self._replace(entry, {}, drop="archived")
         self._orders.clear()
         self._track(entry)

@@ -12,6 +12,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
+from control_room.jules.simulator.accounting import REQUEST_KINDS
+
 FaultKind = Literal["fail", "rate_limit", "garbage", "wrong_shape", "delay"]
 
 RETRY_AFTER_DEFAULT: Final = 1  # seconds; the SDK's backoff base
@@ -55,6 +57,9 @@ def _kinds(only: str | Iterable[str] | None) -> frozenset[str] | None:
     kinds = frozenset((only,) if isinstance(only, str) else only)
     if not kinds:
         raise ValueError("only= names at least one request kind")
+    unknown = kinds.difference(REQUEST_KINDS)
+    if unknown:  # a typo would arm a fault that never fires
+        raise ValueError(f"unknown request kinds {sorted(unknown)}; see REQUEST_KINDS")
     return kinds
 
 
