@@ -150,7 +150,8 @@ ACTIVE_WARMUP_STEPS: Final = (0, 6)  # ... and have taken this many steps alread
 
 ID_RANGE: Final = (10**18, 10**19)  # Jules session ids are long decimal strings, 19 digits here
 TITLE_FROM_PROMPT_MAX: Final = 60  # generated titles are a short first line of the prompt
-# The real API 404s a new session's activities for a moment; tests can set 0.
+# The real API 404s a new session's activities for a moment: long enough that a client asking
+# right after its create meets the 404, short enough not to slow tests (which can set 0).
 ACTIVITIES_NOT_FOUND_FOR_S: Final = 0.5
 PR_NUMBER_START: Final = 100  # pull request numbers per repository start above this
 
