@@ -124,11 +124,28 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if not key:
         print("control-room simulate: --api-key or JULES_API_KEY is required", file=sys.stderr)
         return EXIT_CONFIG
+    large = args.large_account
+    if large is not None and not 0 <= args.active <= large:
+        print("control-room simulate: need 0 <= --active <= --large-account", file=sys.stderr)
+        return EXIT_CONFIG
+    # The demo board moves every couple of seconds; an account's tick only catches up with
+    # the clock, so it keeps the simulator's own (short) default.
+    tick = args.tick if args.tick is not None or large is not None else DEMO_TICK_S
+    pace = {} if args.activity_interval is None else {"activity_interval": args.activity_interval}
     print(f"Simulated Jules API on http://{args.host}:{args.port}/v1alpha", flush=True)
 
     async def main(stop: asyncio.Event) -> None:
         task = asyncio.create_task(
-            serve_simulator(args.host, args.port, key, args.seed or 0, args.tick)
+            serve_simulator(
+                args.host,
+                args.port,
+                key,
+                args.seed or 0,
+                tick,
+                large_account=large,
+                active=args.active,
+                **pace,
+            )
         )
         await stop.wait()
         task.cancel()
@@ -156,7 +173,22 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--port", type=int, default=3002)
     sim.add_argument("--api-key", default=None, help="key clients must send (or JULES_API_KEY)")
     sim.add_argument("--seed", type=int, default=0)
-    sim.add_argument("--tick", type=float, default=DEMO_TICK_S)
+    sim.add_argument("--tick", type=float, default=None, help="seconds per life step")
+    sim.add_argument(
+        "--large-account",
+        type=int,
+        default=None,
+        metavar="N",
+        help="an account of N mostly finished sessions instead of the demo board",
+    )
+    sim.add_argument("--active", type=int, default=20, help="large account: sessions in flight")
+    sim.add_argument(
+        "--activity-interval",
+        type=float,
+        default=None,
+        metavar="S",
+        help="large account: seconds between two steps of an in-flight session (30)",
+    )
     sim.set_defaults(func=cmd_simulate)
     _add_client_commands(sub)
     return parser
