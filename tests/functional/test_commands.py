@@ -55,12 +55,12 @@ async def test_create_session_answers_with_the_new_session_and_everyone_sees_it(
     watcher = await connect(http, service)
     ws = await connect(http, service)
     await ws.send_json(
-        {"type": "createSession", "id": "c", "prompt": "Add a README", "repository": "acme/api"}
+        {"type": "createSession", "id": "c", "prompt": "Add a README", "repository": "acme/web-app"}
     )
     result, _ = await until_result(ws, "c")
     assert result["ok"] is True
     created = result["session"]
-    assert created["repository"] == "acme/api"
+    assert created["repository"] == "acme/web-app"
     delta = await receive_json(watcher)
     assert (delta["type"], delta["sessionId"]) == ("created", created["id"])
 
@@ -79,6 +79,16 @@ async def test_create_session_answers_with_the_new_session_and_everyone_sees_it(
             5,
         ),
         ('{"type": "approvePlan", "id": 6, "sessionId": "404404"}', "not_found", 6),
+        (
+            '{"type": "createSession", "id": 7, "prompt": "x", "repository": "no/such"}',
+            "not_found",
+            7,
+        ),
+        (
+            '{"type": "createSession", "id": 8, "prompt": "x", "repository": "nosuch"}',
+            "invalid_argument",
+            8,
+        ),
     ],
 )
 async def test_bad_commands_get_a_typed_error_and_the_connection_stays(

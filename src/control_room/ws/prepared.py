@@ -141,9 +141,9 @@ def _form(entry: Entry, view: View, variant: Variant) -> str | None:
     projection = view.project(entry)
     if projection == "drop":
         return None
-    if projection == "pass" and variant.patch and entry.channel == SESSIONS:
-        if entry.type == "updated":
-            return "patch"
+    patchable = entry.channel == SESSIONS and entry.type == "updated"
+    if projection == "pass" and variant.patch and patchable:
+        return "patch"
     return projection
 
 
