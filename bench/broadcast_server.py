@@ -3,7 +3,7 @@
 This is the "broadcast alone" workload: the real Service (handshake, hub, heartbeat,
 connections, broker) with nothing upstream. On SIGUSR2 it publishes `--count` deltas of
 about 1 KB at `--rate` per second, one batch per delta, exactly as the poller does after a
-diff: `broker.stamp(changes, timestamp)`, `Batch(deltas)`, `broker.publish(batch)`. Each
+diff: `broker.stamp(changes, timestamp)`, `Batch(deltas)`, `await broker.publish(batch)`. Each
 delta's `after.title` is `bench <cid> <time_ns>`, stamped just before it is stamped and
 published, so clients measure publish -> delivery latency.
 
@@ -92,16 +92,16 @@ class Publisher:
         self._before = after
         return Batch(deltas)
 
-    def publish_one(self) -> None:
+    async def publish_one(self) -> None:
         """Stamp and publish one delta (no store: nothing to persist first)."""
-        self._service.broker.publish(self.next_batch())
+        await self._service.broker.publish(self.next_batch())
 
     async def persist_and_publish_one(self, store: Store) -> None:
         """With PERSIST=1: commit the delta and the snapshot first, as the poller does."""
         batch = self.next_batch()
         position = Position(self._service.broker.position.epoch, batch.last_seq)
         await store.save(batch, {SESSION_ID: self._before}, position)
-        self._service.broker.publish(batch)
+        await self._service.broker.publish(batch)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -112,7 +112,7 @@ class Publisher:
                 await asyncio.sleep(delay)
             store = self._service.store
             if store is None:
-                self.publish_one()
+                await self.publish_one()
             else:
                 await self.persist_and_publish_one(store)
 

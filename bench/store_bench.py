@@ -109,7 +109,7 @@ async def measure(
         started = time.perf_counter()
         await store.save(batch, nxt, position)
         elapsed = (time.perf_counter() - started) * 1000
-        broker.publish(batch)
+        await broker.publish(batch)
         snapshot = nxt
         if run >= WARMUP_RUNS:
             timings.append(elapsed)

@@ -198,7 +198,7 @@ class Poller:
             return False
         if self._notify is not None:
             self._notify(batch)
-        self._broker.publish(batch)
+        await self._broker.publish(batch)
         for change in changes:
             self._metrics.deltas_published.labels(change.type).inc()
         return True

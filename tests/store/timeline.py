@@ -49,7 +49,7 @@ class Timeline:
         position = Position(self.position.epoch, batch.last_seq, self.position.activities_seq)
         await self.store.save(batch, snapshot, position)
         self.sessions = dict(snapshot)
-        self.broker.publish(batch)
+        await self.broker.publish(batch)
         self.batches.append(batch)
         return batch
 
@@ -78,6 +78,6 @@ class Timeline:
         batch = Batch([], messages)
         position = Position(self.position.epoch, self.position.seq, start + len(messages))
         await self.store.save(batch, self.sessions, position)
-        self.broker.publish(batch)
+        await self.broker.publish(batch)
         self.batches.append(batch)
         return batch

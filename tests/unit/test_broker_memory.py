@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Coroutine
+from typing import Any
+
 import msgspec
 import pytest
 
@@ -19,10 +22,16 @@ class Recorder:
         self.batches.append(batch)
 
 
+def run_now(coroutine: Coroutine[Any, Any, None]) -> None:
+    """Drive a coroutine that never suspends (the memory broker's publish) to its end."""
+    with pytest.raises(StopIteration):
+        coroutine.send(None)
+
+
 def publish(broker: MemoryBroker, *ids: str) -> Batch:
     changes = [Change("created", i, None, session(i)) for i in ids]
     batch = Batch(broker.stamp(changes, "2026-11-26T00:00:00.000Z"))
-    broker.publish(batch)
+    run_now(broker.publish(batch))
     return batch
 
 
@@ -87,7 +96,7 @@ def test_a_batch_must_follow_the_position() -> None:
     broker = MemoryBroker(10, start=Position("e", 5))
     stale = Batch(MemoryBroker(10).stamp([Change("created", "a", None, session("a"))], "t"))
     with pytest.raises(ValueError, match="does not follow"):
-        broker.publish(stale)
+        run_now(broker.publish(stale))
 
 
 async def test_a_hole_in_older_history_is_gone_not_a_silent_gap() -> None:

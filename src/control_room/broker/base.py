@@ -16,7 +16,7 @@ from typing import Final, Literal, Protocol
 import msgspec
 
 from control_room.messages import ActivityMessage
-from control_room.models import Change, JulesSession, Position, SessionDelta, encode
+from control_room.models import Activity, Change, JulesSession, Position, SessionDelta, encode
 
 Channel = Literal["sessions", "activities"]
 SESSIONS: Final = "sessions"
@@ -212,8 +212,18 @@ class Broker(Protocol):
     def stamp(self, changes: Sequence[Change], timestamp: str) -> list[SessionDelta]:
         """Number changes on the sessions channel from the current position, unpublished."""
 
-    def publish(self, batch: Batch) -> None:
-        """Append a stamped batch to history and deliver it to every sink."""
+    def stamp_activities(
+        self, activities: Sequence[Activity], timestamp: str
+    ) -> list[ActivityMessage]:
+        """Number activities on their channel from the current position, unpublished."""
+
+    async def publish(self, batch: Batch) -> None:
+        """Append a stamped batch to history and deliver it to every sink.
+
+        Async because a shared broker (Redis) publishes over the network; the memory broker
+        completes without suspending. Raises ValueError when the batch does not follow the
+        position (and, for a shared broker, when this node may no longer publish).
+        """
 
     def add_sink(self, sink: Sink) -> None:
         """Deliver every later batch to `sink`."""

@@ -117,8 +117,8 @@ class MemoryBroker:
             for i, a in enumerate(activities, start=1)
         ]
 
-    def publish(self, batch: Batch) -> None:
-        """Append to history and deliver to every sink, in one synchronous step."""
+    async def publish(self, batch: Batch) -> None:
+        """Append to history and deliver to every sink, in one step (it never suspends)."""
         if not batch:
             return
         sessions, activities = self._rings[SESSIONS], self._rings[ACTIVITIES]
