@@ -23,6 +23,8 @@ MAX_CLIENT_MESSAGE_BYTES: Final = 64 * 1024  # clients send nothing yet; 64 KiB 
 REPLAY_CHUNK_BYTES: Final = 256 * 1024  # write replay in slices, waiting for each to drain
 HANDSHAKE_TIMEOUT_S: Final = 10.0  # closing handshake wait; a client that vanished won't reply
 
+AHEAD_OF_SERVER: Final = "ahead_of_server"  # the client saw seqs this server never had
+
 log = logs.get("ws")
 
 
@@ -46,14 +48,14 @@ class WebSocketEndpoint:
             log.warning("WebSocket upgrade refused", extra={"reason": "unauthorized"})
             return json_error(401, "unauthorized")
         try:
-            wanted = parse_stream_request(request.query, self._broker.position)
+            wanted = parse_stream_request(request.query)
         except BadParameter as exc:
             self._metrics.connections_rejected.labels("bad_request").inc()
             return json_error(400, "bad_request", parameter=exc.parameter, message=str(exc))
         if wanted.snapshot and not self._poller.ready:
             # An empty snapshot now would never be corrected: the first poll is a baseline
             # and publishes nothing. Ask the client to come back, as GET /api/sessions does.
-            return not_ready()
+            return not_ready(self._poller.health)
         transport = request.transport
         if transport is None:  # the client left during the handshake
             return web.Response(status=499)
@@ -109,6 +111,8 @@ class WebSocketEndpoint:
         elif wanted.since is not None:
             if wanted.epoch not in (None, position.epoch):
                 self._reset(conn, "epoch_changed")
+            elif wanted.since > position.seq:
+                self._reset(conn, AHEAD_OF_SERVER)  # e.g. the store was restored from a backup
             elif wanted.since < position.seq:
                 conn.hold()
                 self._hub.add(conn)

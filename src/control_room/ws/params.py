@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from control_room.models import Position
-
 
 class BadParameter(ValueError):
     """A query parameter is malformed; the message says which and why."""
@@ -37,11 +35,12 @@ def parse_seq(name: str, raw: str) -> int:
     return value
 
 
-def parse_stream_request(query: Mapping[str, str], position: Position) -> StreamRequest:
+def parse_stream_request(query: Mapping[str, str]) -> StreamRequest:
     """Validate `since`, `epoch` and `snapshot`; BadParameter names the culprit.
 
-    A `since` ahead of the stream is an error only in the current epoch (or with no epoch,
-    which means the current one): from another epoch it is simply stale, and gets a reset.
+    A `since` ahead of the stream is not an error: the server may be behind the client
+    (a store restored from a backup), and the handler answers it with a reset, as it does
+    a `since` from another epoch.
     """
     snapshot_raw = query.get("snapshot", "").strip().lower()
     if snapshot_raw not in ("", "0", "1", "true", "false"):
@@ -56,6 +55,4 @@ def parse_stream_request(query: Mapping[str, str], position: Position) -> Stream
     if snapshot:
         raise BadParameter("snapshot", "cannot be combined with since")
     since = parse_seq("since", since_raw)
-    if since > position.seq and epoch in (None, position.epoch):
-        raise BadParameter("since", f"{since} is ahead of the stream (seq {position.seq})")
     return StreamRequest(since=since, epoch=epoch, snapshot=False)
