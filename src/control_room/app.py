@@ -20,7 +20,8 @@ from control_room.models import Snapshot
 from control_room.notifier import Notifier, RetryTiming
 from control_room.poller import Poller, Upstream
 from control_room.responses import json_error
-from control_room.secret import Reloadable, reload_all
+from control_room.secret import Reloadable, SecretSource, parse_single, reload_all
+from control_room.secret import watch as watch_secrets
 from control_room.store import create_store, prune_forever
 from control_room.store.base import Store
 from control_room.tasks import cancel_and_wait
@@ -28,7 +29,7 @@ from control_room.ws.handler import WebSocketEndpoint
 from control_room.ws.hub import Hub
 
 SHUTDOWN_GRACE_S: Final = 2.0  # time for close frames to flush before sockets are dropped
-UPSTREAM_CONNECTIONS: Final = 8  # polls are sequential; a few spare for deletion checks
+UPSTREAM_CONNECTIONS: Final = 8  # one listing at a time, plus 4 deletion checks in flight
 
 log = logs.get("app")
 STATIC_DIR: Final = Path(str(resources.files("control_room") / "static"))
@@ -52,6 +53,16 @@ async def unknown_route(request: web.Request) -> web.StreamResponse:
 
 
 CATCH_ALL: Final = "/{tail:.*}"
+
+
+def jules_key_source(settings: Settings) -> SecretSource[str]:
+    """The Jules API key: fixed from JULES_API_KEY, or read (and watched) from its file."""
+    if settings.jules_api_key_file is not None:
+        variable = "JULES_API_KEY_FILE"
+        return SecretSource(variable, parse_single(variable), path=settings.jules_api_key_file)
+    return SecretSource(
+        "JULES_API_KEY", parse_single("JULES_API_KEY"), value=settings.jules_api_key
+    )
 
 
 class Service:
@@ -113,11 +124,14 @@ class Service:
         # First, before anything can publish: the position and snapshot the store kept.
         initial = await self._open_store() if self.store is not None else None
         upstream = self._upstream
+        jules_key: SecretSource[str] | None = None
         if upstream is None:
+            jules_key = jules_key_source(s)
+            self.secrets.append(jules_key)
             self._http = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=UPSTREAM_CONNECTIONS)
             )
-            upstream = JulesClient(self._http, s.jules_api_base, s.jules_api_key, retry=self._retry)
+            upstream = JulesClient(self._http, s.jules_api_base, jules_key, retry=self._retry)
         notifier = self.notifier = self._notifier()
         if notifier is not None:
             await notifier.start()
@@ -130,6 +144,8 @@ class Service:
             notify=notifier.enqueue if notifier is not None else None,
             initial=initial,
         )
+        if jules_key is not None:
+            jules_key.add_listener(lambda _key: poller.wake())  # a rotated key: poll now
         api = Api(
             token=s.local_token,
             poller=poller,
@@ -168,6 +184,7 @@ class Service:
         self._tasks = [
             asyncio.create_task(poller.run(), name="poller"),
             asyncio.create_task(self.hub.run_heartbeat(s.heartbeat_interval), name="heartbeat"),
+            asyncio.create_task(watch_secrets(self.secrets), name="secrets"),
         ]
         if self.store is not None:
             self._tasks.append(

@@ -14,23 +14,36 @@ from typing import Final
 
 import msgspec
 
+MICROSECOND_DIGITS: Final = 6  # what a datetime holds
 LEAP_SECOND: Final = ":60"
 """RFC 3339 §5.6 allows a 60th second; Python's datetime does not, so it is read as :59 + 1 s."""
 
 
 def parse(text: str | None) -> datetime | None:
-    """An RFC 3339 timestamp as an aware datetime (microseconds, rounded); None if not one.
+    """An RFC 3339 timestamp as an aware datetime (microseconds, cut); None if not one.
 
     `2026-01-01T10:01:00Z`, `2026-01-01t10:01:00z`, `2026-01-01T11:01:00.123456789+01:00`
     all parse; a value without an offset is taken as UTC. Never raises.
     """
     if not text:
         return None
+    text = _to_microseconds(text)
     try:
         parsed = msgspec.convert(text, datetime)
     except msgspec.ValidationError:
         return _leap_second(text)
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+def _to_microseconds(text: str) -> str:
+    """Cut a fraction past 6 digits: msgspec rounds, and rounding `.9999999` up to the next
+    second would make it compare equal to, or later than, a time that is really later."""
+    if text[19:20] != ".":
+        return text
+    end = 20
+    while end < len(text) and text[end].isdigit():
+        end += 1
+    return text if end - 20 <= MICROSECOND_DIGITS else text[:26] + text[end:]
 
 
 def _leap_second(text: str) -> datetime | None:

@@ -6,6 +6,7 @@ import pytest
 
 from control_room.ws.params import BadParameter, StreamRequest, parse_stream_request
 
+
 def test_no_parameters_means_live_only() -> None:
     assert parse_stream_request({}) == StreamRequest()
 
