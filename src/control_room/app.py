@@ -13,14 +13,14 @@ from aiohttp import web
 from control_room import logging as logs
 from control_room.api import Api
 from control_room.broker.memory import MemoryBroker
-from control_room.config import Settings
+from control_room.config import ConfigError, Settings
 from control_room.jules.client import JulesClient, RequestPolicy
 from control_room.metrics import Metrics
 from control_room.models import Snapshot
 from control_room.notifier import Notifier, RetryTiming
 from control_room.poller import Poller, Upstream
 from control_room.responses import json_error
-from control_room.secret import Reloadable, SecretSource, parse_single, reload_all
+from control_room.secret import Reloadable, SecretError, SecretSource, parse_single, reload_all
 from control_room.secret import watch as watch_secrets
 from control_room.store import create_store, prune_forever
 from control_room.store.base import Store
@@ -56,13 +56,19 @@ CATCH_ALL: Final = "/{tail:.*}"
 
 
 def jules_key_source(settings: Settings) -> SecretSource[str]:
-    """The Jules API key: fixed from JULES_API_KEY, or read (and watched) from its file."""
-    if settings.jules_api_key_file is not None:
-        variable = "JULES_API_KEY_FILE"
-        return SecretSource(variable, parse_single(variable), path=settings.jules_api_key_file)
-    return SecretSource(
-        "JULES_API_KEY", parse_single("JULES_API_KEY"), value=settings.jules_api_key
-    )
+    """The Jules API key: fixed from JULES_API_KEY, or read (and watched) from its file.
+
+    Raises ConfigError when the key is missing or its file unreadable (it was checked by
+    `config.load`, but the file may have gone since).
+    """
+    file = settings.jules_api_key_file
+    variable = "JULES_API_KEY_FILE" if file is not None else "JULES_API_KEY"
+    try:
+        if file is not None:
+            return SecretSource(variable, parse_single(variable), path=file)
+        return SecretSource(variable, parse_single(variable), value=settings.jules_api_key)
+    except SecretError as exc:
+        raise ConfigError(variable, str(exc).removeprefix(f"{variable}: ")) from None
 
 
 class Service:
