@@ -19,9 +19,8 @@ from control_room.poller import Poller
 from control_room.responses import json_error, not_ready
 from control_room.store.base import StoreError
 from control_room.ws.hub import Hub
-from control_room.ws.params import BadParameter, parse_seq
+from control_room.ws.params import AHEAD_OF_SERVER, BadParameter, parse_seq
 
-AHEAD_OF_SERVER: Final = "ahead_of_server"  # the 410's and the reset's reason
 RETRY_STORE_S: Final = 5  # a store outage is retried by the poller each interval, too
 MAX_DELTAS_PER_PAGE: Final = 1_000  # one response stays a few MB at most
 JSON: Final = "application/json"

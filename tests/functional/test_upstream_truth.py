@@ -8,12 +8,15 @@ the way needed.
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
 import pytest
 
+from control_room import render
 from control_room.app import Service
+from control_room.client import ControlRoomClient
 from tests.conftest import TOKEN, ServiceFactory, connect, nothing_more, receive_json, receive_n
 from tests.fake_upstream import FakeUpstream, Reply, session
 
@@ -67,14 +70,22 @@ async def test_a_torn_listing_publishes_only_the_real_deletions(
     assert sample(service, "control_room_listings_torn_total") == 1
 
 
-@pytest.mark.parametrize("page", [0, 1], ids=["whole listing", "page 2"])
+@pytest.mark.parametrize(
+    ("page", "empty"),
+    [(0, {}), (1, {}), (0, {"sessions": None, "nextPageToken": None})],
+    ids=["whole listing", "page 2", "nulls"],
+)
 async def test_an_empty_answer_is_not_everything_deleted(
-    http: aiohttp.ClientSession, fake: FakeUpstream, make_fake_service: ServiceFactory, page: int
+    http: aiohttp.ClientSession,
+    fake: FakeUpstream,
+    make_fake_service: ServiceFactory,
+    page: int,
+    empty: dict[str, Any],
 ) -> None:
     fake.add(150)
     service = await make_fake_service()
     ws = await connect(http, service)
-    fake.list_replies.extend([None] * page + [Reply(json={})])  # 200 `{}` for that page
+    fake.list_replies.extend([None] * page + [Reply(json=empty)])  # a 200 with nothing in it
     await poll(service)
     await poll(service)
     await nothing_more(ws)
@@ -293,3 +304,25 @@ async def test_duplicates_across_pages_and_oversized_pages_make_no_false_delta(
     delta = await receive_json(ws)
     assert (delta["type"], delta["sessionId"]) == ("created", "151")
     await nothing_more(ws)
+
+
+# --- 8: timestamps ----------------------------------------------------------------------------
+
+
+async def test_lower_case_and_offset_timestamps_show_and_sort_in_the_sessions_table(
+    fake: FakeUpstream, make_fake_service: ServiceFactory
+) -> None:
+    fake.add(3)
+    fake.update("1", updateTime="2026-01-01t10:01:00z", title="lower")
+    fake.update("2", updateTime="2026-01-01T11:01:30.5+01:00", title="offset")
+    fake.update("3", updateTime="2026-01-01T09:00:00Z", title="upper")
+    service = await make_fake_service()
+    async with ControlRoomClient(service.url, TOKEN) as client:
+        listing = await client.sessions()
+    rows = render.format_table(listing.sessions, datetime(2026, 1, 1, 10, 2, tzinfo=UTC))[1:]
+    assert [(r.split()[0], r.split()[-1]) for r in rows] == [
+        ("29", "offset"),
+        ("1", "lower"),
+        ("1", "upper"),
+    ]
+    assert "?" not in "".join(rows)

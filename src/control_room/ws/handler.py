@@ -17,13 +17,16 @@ from control_room.responses import json_error, not_ready
 from control_room.ws.connection import Connection
 from control_room.ws.frames import text_frame
 from control_room.ws.hub import Hub
-from control_room.ws.params import BadParameter, StreamRequest, parse_stream_request
+from control_room.ws.params import (
+    AHEAD_OF_SERVER,
+    BadParameter,
+    StreamRequest,
+    parse_stream_request,
+)
 
 MAX_CLIENT_MESSAGE_BYTES: Final = 64 * 1024  # clients send nothing yet; 64 KiB is generous
 REPLAY_CHUNK_BYTES: Final = 256 * 1024  # write replay in slices, waiting for each to drain
 HANDSHAKE_TIMEOUT_S: Final = 10.0  # closing handshake wait; a client that vanished won't reply
-
-AHEAD_OF_SERVER: Final = "ahead_of_server"  # the client saw seqs this server never had
 
 log = logs.get("ws")
 

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Final
+
+AHEAD_OF_SERVER: Final = "ahead_of_server"
+"""The reset's (and /api/deltas' 410's) reason for a `since` ahead of the server in its
+epoch: the server lost history the client saw (e.g. a store restored from a backup)."""
 
 
 class BadParameter(ValueError):
