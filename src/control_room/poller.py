@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Final, Protocol
@@ -170,6 +171,8 @@ class Poller:
         unconfirmed: set[str] = set()
         if vanished:
             current, unconfirmed = await self._settle(previous, current, vanished)
+        else:
+            self._streaks.update("torn", ())
         self._report_unconfirmed(unconfirmed)
 
         started = time.perf_counter()
@@ -238,49 +241,50 @@ class Poller:
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._check_budget
-        relists = 0
+        missed: set[str] = set()  # sessions the listings of this poll missed
+        tries = 1
+        outcome = "listed again cleanly"
         while True:
             checks = await self._check(sample(vanished, previous.order()), deadline)
             verdict = judge(vanished, checks)
             if not verdict.torn:
                 break
             self._metrics.listings_torn.inc()
-            missed = sorted(verdict.present)
-            if relists >= MAX_RELISTS or loop.time() >= deadline:
-                log.warning(
-                    "Listing still torn; only confirmed deletions applied",
-                    extra={
-                        "missed": _shown(missed),
-                        "missedCount": len(missed),
-                        "tries": relists + 1,
-                    },
-                )
+            missed.update(verdict.present)
+            if tries > MAX_RELISTS or loop.time() >= deadline:
+                outcome = "still torn; only confirmed deletions applied"
                 break
-            relists += 1
-            log.warning(
-                "Listing torn: sessions missing from it still exist; listing again",
-                extra={
-                    "missed": _shown(missed),
-                    "missedCount": len(missed),
-                    "vanished": len(vanished),
-                },
-            )
+            tries += 1
             try:
                 async with asyncio.timeout_at(deadline):
                     again = await self._list(previous)
             except (UpstreamError, TimeoutError) as exc:
                 why = exc.detail if isinstance(exc, UpstreamError) else "out of time"
-                log.warning(
-                    "Listing again failed; only confirmed deletions applied",
-                    extra={"error": why, "missedCount": len(missed)},
-                )
+                outcome = f"listing again failed ({why}); only confirmed deletions applied"
                 break
             current = again
             vanished = previous.sessions.keys() - current.sessions.keys()
             if not vanished:
-                return current, set()
+                verdict = Verdict()
+                break
+        self._report_torn(sorted(missed), tries, outcome)
         self._apply(verdict, previous, current)
         return current, verdict.unconfirmed
+
+    def _report_torn(self, missed: list[str], tries: int, outcome: str) -> None:
+        """One warning when a tear starts (not on every poll of a lasting one)."""
+        new, _ = self._streaks.update("torn", missed)
+        if missed:
+            log.log(
+                logging.WARNING if new else logging.DEBUG,
+                "Listing torn: sessions missing from it still exist",
+                extra={
+                    "missed": _shown(missed),
+                    "missedCount": len(missed),
+                    "listings": tries,
+                    "outcome": outcome,
+                },
+            )
 
     @staticmethod
     def _apply(verdict: Verdict, previous: MappedListing, current: MappedListing) -> None:

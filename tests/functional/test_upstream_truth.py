@@ -94,7 +94,10 @@ async def test_an_empty_answer_is_not_everything_deleted(
 
 
 async def test_a_listing_that_stays_torn_applies_only_confirmed_deletions(
-    http: aiohttp.ClientSession, fake: FakeUpstream, make_fake_service: ServiceFactory
+    http: aiohttp.ClientSession,
+    fake: FakeUpstream,
+    make_fake_service: ServiceFactory,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A session that GET finds but no listing shows (every relisting torn) is kept, while
     the rest of the listing goes on: a real deletion and a change elsewhere are published."""
@@ -104,13 +107,20 @@ async def test_a_listing_that_stays_torn_applies_only_confirmed_deletions(
     fake.hidden = {"1"}
     fake.delete("2")
     fake.update("3", state="PLANNING")
-    await poll(service)
-    deltas = await receive_n(ws, 2)
-    assert [(d["type"], d["sessionId"]) for d in deltas] == [("deleted", "2"), ("updated", "3")]
-    await nothing_more(ws)
-    assert "1" in await listed_ids(http, service)
-    assert fake.list_calls == 1 + 3  # the baseline, then the listing and two more tries
-    assert sample(service, "control_room_listings_torn_total") == 3
+    with caplog.at_level(logging.WARNING, logger="control_room"):
+        await poll(service)
+        deltas = await receive_n(ws, 2)
+        assert [(d["type"], d["sessionId"]) for d in deltas] == [
+            ("deleted", "2"),
+            ("updated", "3"),
+        ]
+        await nothing_more(ws)
+        assert "1" in await listed_ids(http, service)
+        assert fake.list_calls == 1 + 3  # the baseline, then the listing and two more tries
+        assert sample(service, "control_room_listings_torn_total") == 3
+        await poll(service)  # the same session missed again: no new warning
+    (torn,) = [r for r in caplog.records if r.getMessage().startswith("Listing torn")]
+    assert torn.__dict__["missed"] == ["1"] and "still torn" in torn.__dict__["outcome"]
 
 
 async def test_a_mass_deletion_confirmed_by_its_sample_is_published(
