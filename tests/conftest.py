@@ -17,6 +17,7 @@ from control_room.config import Settings
 from control_room.jules.client import RequestPolicy
 from control_room.jules.simulator import Simulator, SimulatorServer
 from control_room.notifier import RetryTiming
+from tests.fake_upstream import FakeUpstream
 
 MS = float(os.environ.get("CONTROL_ROOM_TEST_MS", "1")) / 1000
 """One millisecond of test time; raise CONTROL_ROOM_TEST_MS on a slow machine."""
@@ -65,13 +66,12 @@ async def upstream(sim: Simulator) -> AsyncIterator[SimulatorServer]:
 ServiceFactory = Callable[..., Awaitable[Service]]
 
 
-@pytest.fixture
-async def make_service(upstream: SimulatorServer) -> AsyncIterator[ServiceFactory]:
-    """Start services pointed at the simulator; all are stopped at the end of the test."""
+async def _services(base_url: str) -> AsyncIterator[ServiceFactory]:
+    """A factory of services pointed at `base_url`; all are stopped when it is closed."""
     started: list[Service] = []
 
     async def make(**overrides: Any) -> Service:
-        overrides.setdefault("jules_api_base", upstream.base_url)
+        overrides.setdefault("jules_api_base", base_url)
         service = Service(settings(**overrides), retry=FAST_RETRY, webhook_timing=FAST_WEBHOOKS)
         await service.start()
         started.append(service)
@@ -87,6 +87,13 @@ async def make_service(upstream: SimulatorServer) -> AsyncIterator[ServiceFactor
     yield make
     for service in started:
         await service.stop()
+
+
+@pytest.fixture
+async def make_service(upstream: SimulatorServer) -> AsyncIterator[ServiceFactory]:
+    """Start services pointed at the simulator; all are stopped at the end of the test."""
+    async for make in _services(upstream.base_url):
+        yield make
 
 
 @pytest.fixture
@@ -132,3 +139,17 @@ async def nothing_more(ws: aiohttp.ClientWebSocketResponse, wait: float = 100 * 
     except TimeoutError:
         return
     pytest.fail(f"unexpected message {msg!r}")
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeUpstream]:
+    """A scriptable fake Jules API on 127.0.0.1 (tests/fake_upstream.py), with no sessions."""
+    async with FakeUpstream(API_KEY) as server:
+        yield server
+
+
+@pytest.fixture
+async def make_fake_service(fake: FakeUpstream) -> AsyncIterator[ServiceFactory]:
+    """Start services pointed at the fake upstream; all are stopped at the end of the test."""
+    async for make in _services(fake.base_url):
+        yield make

@@ -14,6 +14,7 @@ from control_room import logging as logs
 from control_room.auth import bearer_auth
 from control_room.broker.base import Broker, HistoryGone
 from control_room.commands import Caller, Commands
+from control_room.health import STORE_UNAVAILABLE
 from control_room.jules.actions import Source
 from control_room.jules.client import UpstreamError
 from control_room.messages import BadMessage, Command, CreateSession, decode_command
@@ -23,7 +24,7 @@ from control_room.poller import Poller
 from control_room.responses import json_error, not_ready
 from control_room.store.base import StoreError
 from control_room.ws.hub import Hub
-from control_room.ws.params import BadParameter, parse_seq
+from control_room.ws.params import AHEAD_OF_SERVER, BadParameter, parse_seq
 
 RETRY_STORE_S: Final = 5  # a store outage is retried by the poller each interval, too
 MAX_DELTAS_PER_PAGE: Final = 1_000  # one response stays a few MB at most
@@ -51,6 +52,10 @@ ERROR_STATUS: Final[dict[str, int]] = {
 log = logs.get("api")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return round(seconds, 3) if seconds is not None else None
 
 
 def json_bytes(body: bytes, status: int = 200) -> web.Response:
@@ -114,7 +119,7 @@ class Api:
     async def sessions(self, request: web.Request) -> web.StreamResponse:
         """The current snapshot and the position it corresponds to."""
         if not self._poller.ready:
-            return not_ready()
+            return not_ready(self._poller.health)
         position = self._broker.position  # read together with sessions: no await between
         body = {
             "sessions": list(self._poller.sessions.values()),
@@ -201,11 +206,17 @@ class Api:
         except BadParameter as exc:
             return json_error(400, "bad_request", parameter=exc.parameter, message=str(exc))
         if since > position.seq:
+            # The server is behind the client (a store restored from a backup): what the
+            # client holds cannot be trusted, so it reloads, as for expired history.
             return json_error(
-                400,
-                "bad_request",
-                parameter="since",
-                message=f"since: {since} is ahead of the stream (seq {position.seq})",
+                410,
+                "gone",
+                reason=AHEAD_OF_SERVER,
+                oldestSeq=position.seq + 1,
+                epoch=position.epoch,
+                seq=position.seq,
+                message=f"since {since} is ahead of the server (seq {position.seq});"
+                " reload /api/sessions",
             )
         session_id = request.query.get("sessionId") or None
         try:
@@ -234,31 +245,41 @@ class Api:
         return json_bytes(body)
 
     async def healthz(self, request: web.Request) -> web.StreamResponse:
-        """Liveness, with the upstream's state: `ok` or `degraded` (still 200)."""
+        """Liveness, always 200: `ok`, or `degraded` with the reasons (stable names, no text).
+
+        Unauthenticated, so it carries no error text and no host name: those are in the
+        logs and in /api/stats.
+        """
         h = self._poller.health
+        now = time.time()
+        reasons = h.reasons(now)
         body = {
-            "status": "degraded" if h.degraded else "ok",
+            "status": "degraded" if reasons else "ok",
+            "reasons": reasons,
             "upstream": {
                 "lastSuccess": h.last_success,
-                "lastError": h.last_error,
                 "consecutiveFailures": h.consecutive_failures,
-                "sessions": h.sessions,
+                "retryInSeconds": _rounded(h.retry_in(now)),
                 "nextPollAt": h.next_poll_at,
+                "lastPollSeconds": _rounded(h.last_poll_seconds),
+                "sessions": h.sessions,
+                "undecodableSessions": h.undecodable,
+                "unconfirmedSessions": h.unconfirmed,
             },
-            "store": {"error": h.store_error},
             "clients": len(self._hub),
         }
         return json_bytes(encode(body))
 
     async def readyz(self, request: web.Request) -> web.StreamResponse:
-        """200 once the first poll succeeded and the store (if any) is writable."""
-        reason: str | None = None
-        if not self._poller.ready:
-            reason = "the first poll has not completed"
-        elif self._poller.health.store_error is not None:
-            reason = f"store: {self._poller.health.store_error}"
-        if reason is not None:
-            return json_error(503, "not_ready", message=reason)
+        """200 once the first poll succeeded and the store (if any) is writable; else 503.
+
+        The 503 names only reasons (no error text): this route needs no token.
+        """
+        h = self._poller.health
+        if not h.baseline_done:  # and why not: the upstream's failure, the store's
+            return json_error(503, "not_ready", reasons=h.reasons())
+        if h.store_error is not None:
+            return json_error(503, "not_ready", reasons=[STORE_UNAVAILABLE])
         return json_bytes(encode({"status": "ready"}))
 
     async def metrics(self, request: web.Request) -> web.StreamResponse:
@@ -276,11 +297,18 @@ class Api:
             "uptimeSeconds": round(now - self._started, 3),
             "position": {"epoch": position.epoch, "seq": position.seq},
             "upstream": {
+                "reasons": h.reasons(now),
                 "lastSuccess": h.last_success,
                 "lastError": h.last_error,
+                "lastErrorKind": h.last_error_kind,
                 "lastErrorTime": h.last_error_time,
                 "consecutiveFailures": h.consecutive_failures,
+                "retryInSeconds": _rounded(h.retry_in(now)),
+                "lastPollSeconds": _rounded(h.last_poll_seconds),
                 "sessionsTracked": h.sessions,
+                "undecodableSessions": h.undecodable,
+                "unconfirmedSessions": h.unconfirmed,
+                "storeError": h.store_error,
             },
             "clients": [
                 {

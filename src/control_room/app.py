@@ -14,7 +14,7 @@ from control_room import logging as logs
 from control_room.api import Api
 from control_room.broker.memory import MemoryBroker
 from control_room.commands import Commands
-from control_room.config import Settings
+from control_room.config import ConfigError, Settings
 from control_room.jules.actions import JulesActions
 from control_room.jules.client import JulesClient, RequestPolicy
 from control_room.metrics import Metrics
@@ -22,7 +22,8 @@ from control_room.models import Snapshot
 from control_room.notifier import Notifier, RetryTiming
 from control_room.poller import Poller, Upstream
 from control_room.responses import json_error
-from control_room.secret import Reloadable, reload_all
+from control_room.secret import Reloadable, SecretError, SecretSource, parse_single, reload_all
+from control_room.secret import watch as watch_secrets
 from control_room.state import State
 from control_room.store import create_store, prune_forever
 from control_room.store.base import Store
@@ -31,7 +32,7 @@ from control_room.ws.handler import WebSocketEndpoint
 from control_room.ws.hub import Hub
 
 SHUTDOWN_GRACE_S: Final = 2.0  # time for close frames to flush before sockets are dropped
-UPSTREAM_CONNECTIONS: Final = 8  # polls are sequential; a few spare for deletion checks
+UPSTREAM_CONNECTIONS: Final = 8  # one listing at a time, plus 4 deletion checks in flight
 
 log = logs.get("app")
 STATIC_DIR: Final = Path(str(resources.files("control_room") / "static"))
@@ -55,6 +56,22 @@ async def unknown_route(request: web.Request) -> web.StreamResponse:
 
 
 CATCH_ALL: Final = "/{tail:.*}"
+
+
+def jules_key_source(settings: Settings) -> SecretSource[str]:
+    """The Jules API key: fixed from JULES_API_KEY, or read (and watched) from its file.
+
+    Raises ConfigError when the key is missing or its file unreadable (it was checked by
+    `config.load`, but the file may have gone since).
+    """
+    file = settings.jules_api_key_file
+    variable = "JULES_API_KEY_FILE" if file is not None else "JULES_API_KEY"
+    try:
+        if file is not None:
+            return SecretSource(variable, parse_single(variable), path=file)
+        return SecretSource(variable, parse_single(variable), value=settings.jules_api_key)
+    except SecretError as exc:
+        raise ConfigError(variable, str(exc).removeprefix(f"{variable}: ")) from None
 
 
 class Service:
@@ -119,11 +136,14 @@ class Service:
         # First, before anything can publish: the position and snapshot the store kept.
         initial = await self._open_store() if self.store is not None else None
         upstream = self._upstream
+        jules_key: SecretSource[str] | None = None
         if upstream is None:
+            jules_key = jules_key_source(s)
+            self.secrets.append(jules_key)
             self._http = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=UPSTREAM_CONNECTIONS)
             )
-            upstream = JulesClient(self._http, s.jules_api_base, s.jules_api_key, retry=self._retry)
+            upstream = JulesClient(self._http, s.jules_api_base, jules_key, retry=self._retry)
         notifier = self.notifier = self._notifier()
         if notifier is not None:
             await notifier.start()
@@ -137,10 +157,12 @@ class Service:
             initial=initial,
             state=self.state,
         )
+        if jules_key is not None:
+            jules_key.add_listener(lambda _key: poller.wake())  # a rotated key: poll now
         commands: Commands | None = None
         actions: JulesActions | None = None
-        if self._http is not None:  # commands go to the real upstream (tests may inject one)
-            actions = JulesActions(self._http, s.jules_api_base, lambda: s.jules_api_key)
+        if self._http is not None and jules_key is not None:  # tests may inject an upstream
+            actions = JulesActions(self._http, s.jules_api_base, jules_key)
             commands = Commands(actions, poller.refresh, lambda sid: self.state.sessions.get(sid))
         api = Api(
             token=s.local_token,
@@ -184,6 +206,7 @@ class Service:
         self._tasks = [
             asyncio.create_task(poller.run(), name="poller"),
             asyncio.create_task(self.hub.run_heartbeat(s.heartbeat_interval), name="heartbeat"),
+            asyncio.create_task(watch_secrets(self.secrets), name="secrets"),
         ]
         if self.store is not None:
             self._tasks.append(

@@ -58,7 +58,7 @@ class Unauthorized(ControlRoomError):
 
 
 class BadRequest(ControlRoomError):
-    """The service rejected the request's parameters (HTTP 400), e.g. `since` ahead of it."""
+    """The service rejected the request's parameters (HTTP 400), e.g. a malformed `since`."""
 
 
 class Unavailable(ControlRoomError):
@@ -75,7 +75,12 @@ class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Reset(msgspec.Struct, frozen=True, kw_only=True):
-    """The missed deltas cannot be replayed (restart, expired history): reload the sessions."""
+    """The missed deltas cannot be replayed: reload the sessions.
+
+    `reason`: `epoch_changed` (the service restarted without its history),
+    `history_expired`, `too_far_behind`, or `ahead_of_server` (the service is behind the
+    position given, e.g. its store was restored from a backup).
+    """
 
     type: Literal["reset"] = "reset"
     epoch: str
@@ -307,8 +312,9 @@ class ControlRoomClient:
 
         Deltas carry no epoch, yet a stream must know it to resume safely after a restart;
         `/api/deltas?limit=0` tells it. Its answer holds the epoch and the current seq both
-        when `since` is replayable (200) and when it is too old (410: the WebSocket will then
-        send a reset); `since` ahead of the stream is a 400, raised as BadRequest.
+        when `since` is replayable (200) and when it is not (410: too old, or ahead of a
+        server restored from a backup): the WebSocket then sends a `reset`, which the
+        stream yields, so the caller reloads and carries on.
         """
         query = {"since": str(since or 0), "limit": "0"}
         try:

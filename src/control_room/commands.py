@@ -101,16 +101,16 @@ class Spec:
 
 def upstream_error_code(exc: UpstreamError) -> ErrorCode:
     """The command error code for an upstream failure (Google's envelope status first)."""
-    status = exc.status
+    status, api_status = exc.status, exc.api_status
     if status == 404:
         return "not_found"
-    if status == 400:
-        return "failed_precondition" if "FAILED_PRECONDITION" in exc.detail else "invalid_argument"
-    if status == 409:
+    if api_status == "FAILED_PRECONDITION" or status == 409:
         return "failed_precondition"
+    if status == 400:
+        return "invalid_argument"
     if status == 429:
         return "rate_limited"
-    if status == 403 and "PERMISSION_DENIED" in exc.detail:
+    if api_status == "PERMISSION_DENIED":
         return "forbidden"
     return "upstream_unavailable"
 

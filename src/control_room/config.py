@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Final, TypeVar
 from urllib.parse import urlsplit
 
+from control_room.secret import SecretError, SecretSource, parse_single
 from control_room.signing import BadSecret, secret_key
 
 DEFAULT_PORT: Final = 3001
@@ -52,6 +53,7 @@ class Settings:
     port: int = DEFAULT_PORT
     local_token: str = field(default="", repr=False)
     jules_api_key: str = field(default="", repr=False)
+    jules_api_key_file: Path | None = None  # instead of jules_api_key: re-read when it changes
     jules_api_base: str = DEFAULT_JULES_API_BASE
     poll_interval: float = DEFAULT_POLL_INTERVAL_MS / 1000
     heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL_MS / 1000
@@ -162,6 +164,32 @@ class _Problems:
         self.found.append((variable, problem))
 
 
+def _jules_key_file(
+    env: Mapping[str, str], key: str, problems: _Problems, *, required: bool
+) -> Path | None:
+    """JULES_API_KEY_FILE, checked readable now; exactly one of it and JULES_API_KEY."""
+    raw = env.get("JULES_API_KEY_FILE", "").strip()
+    if not raw:
+        if required and not key:
+            problems.add(
+                "JULES_API_KEY",
+                "required (or JULES_API_KEY_FILE): the key sent as X-Goog-Api-Key",
+            )
+        return None
+    if key:
+        problems.add(
+            "JULES_API_KEY_FILE", "set either JULES_API_KEY or JULES_API_KEY_FILE, not both"
+        )
+        return None
+    path = Path(raw)
+    try:
+        SecretSource("JULES_API_KEY_FILE", parse_single("JULES_API_KEY_FILE"), path=path)
+    except SecretError as exc:
+        problems.add("JULES_API_KEY_FILE", str(exc).removeprefix("JULES_API_KEY_FILE: "))
+        return None
+    return path
+
+
 def load(
     environ: Mapping[str, str] | None = None,
     *,
@@ -179,11 +207,9 @@ def load(
 
     token = env.get("LOCAL_TOKEN", "")
     key = env.get("JULES_API_KEY", "")
-    if require_upstream:
-        if not token:
-            problems.add("LOCAL_TOKEN", "required: the bearer token clients must present")
-        if not key:
-            problems.add("JULES_API_KEY", "required: the key sent as X-Goog-Api-Key")
+    if require_upstream and not token:
+        problems.add("LOCAL_TOKEN", "required: the bearer token clients must present")
+    key_file = _jules_key_file(env, key, problems, required=require_upstream)
     no_webhooks: tuple[str, ...] = ()
     webhooks = check(
         lambda: tuple(
@@ -207,6 +233,7 @@ def load(
         port=check(lambda: _int(env, "PORT", DEFAULT_PORT, minimum=0), DEFAULT_PORT),
         local_token=token,
         jules_api_key=key,
+        jules_api_key_file=key_file,
         jules_api_base=check(
             lambda: _http_url(
                 "JULES_API_BASE", env.get("JULES_API_BASE", "").strip() or DEFAULT_JULES_API_BASE

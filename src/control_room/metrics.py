@@ -29,6 +29,24 @@ POLL_FAILURE_KINDS: Final = (
     "client_error",
 )
 """Every `UpstreamError.kind`, exported at zero from the start so rates work at once."""
+RESUME_OUTCOMES: Final = (
+    "recovered",
+    "epoch_changed",
+    "history_expired",
+    "too_far_behind",
+    "ahead_of_server",
+)
+"""A resume either replays (`recovered`) or resets, for one of these reasons."""
+LISTING_ANOMALIES: Final = (
+    "undecodable",
+    "identity_conflict",
+    "no_id",
+    "duplicate_id",
+    "stale_version",
+)
+"""What a listing entry can get wrong (see jules/mapping.py); none of them becomes a delta."""
+DELETION_CHECK_OUTCOMES: Final = ("gone", "present", "unknown")
+"""What a `GET /sessions/{id}` of a vanished session said (see deletions.py)."""
 FAST_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 """Broadcast and diff take well under a millisecond to tens of milliseconds."""
 SLOW_BUCKETS: Final = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -101,6 +119,38 @@ class Metrics:
         self.sessions_tracked = Gauge(
             p + "sessions_tracked", "Sessions in the current snapshot", registry=r
         )
+        self.poll_overruns = Counter(
+            p + "poll_overruns",
+            "Polls that took longer than the poll interval (changes were late)",
+            registry=r,
+        )
+        self.listings_torn = Counter(
+            p + "listings_torn",
+            "Listings that missed sessions a GET showed still exist",
+            registry=r,
+        )
+        self.deletion_checks = Counter(
+            p + "deletion_checks",
+            "GETs of sessions missing from a listing, by what they said",
+            ["outcome"],
+            registry=r,
+        )
+        self.sessions_unconfirmed = Gauge(
+            p + "sessions_unconfirmed",
+            "Sessions missing from the last listing, kept because their deletion is unconfirmed",
+            registry=r,
+        )
+        self.listing_anomalies = Counter(
+            p + "listing_anomalies",
+            "Listing entries that were not used as given, by what was wrong",
+            ["kind"],
+            registry=r,
+        )
+        self.sessions_undecodable = Gauge(
+            p + "sessions_undecodable",
+            "Listing entries in the last listing that could not be used (last good kept)",
+            registry=r,
+        )
         self.heartbeat_pings = Counter(p + "heartbeat_pings", "Pings sent", registry=r)
         self.store_write_duration = Histogram(
             p + "store_write_duration_seconds",
@@ -131,3 +181,9 @@ class Metrics:
             self.deltas_published.labels(kind)
         for kind in POLL_FAILURE_KINDS:
             self.poll_failures.labels(kind)
+        for outcome in RESUME_OUTCOMES:
+            self.replays.labels(outcome)
+        for kind in LISTING_ANOMALIES:
+            self.listing_anomalies.labels(kind)
+        for outcome in DELETION_CHECK_OUTCOMES:
+            self.deletion_checks.labels(outcome)

@@ -1,20 +1,28 @@
-"""Fetch -> map -> diff -> persist -> notify -> broadcast, with backoff. Owns the snapshot."""
+"""Fetch -> map -> verify -> diff -> persist -> notify -> broadcast, with backoff.
+
+Owns the snapshot. Publishes only what the upstream proves: a session missing from a
+listing is deleted only when checks say so (deletions.py), a session that does not decode
+keeps its last good version, and a failed poll publishes nothing. Every fault is ridden
+out: capped, jittered backoff for every kind of failure, a rotated API key used at once
+(`wake`), and no check may hold a poll back for more than a share of its interval.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Final, Protocol
 
-import msgspec
-
 from control_room import logging as logs
+from control_room import rfc3339
 from control_room.backoff import backoff_delay
 from control_room.broker.base import Batch, Broker
+from control_room.deletions import GONE, Check, Outcome, Verdict, judge, sample
 from control_room.diff import diff
+from control_room.health import UpstreamHealth
 from control_room.jules.client import UpstreamError
 from control_room.jules.mapping import MappedListing, map_listing, map_session
 from control_room.jules.types import RawSession, Session
@@ -22,14 +30,29 @@ from control_room.metrics import Metrics
 from control_room.models import Change, Position, Snapshot
 from control_room.state import State
 
-MAX_POLL_BACKOFF_S: Final = 60.0  # a minute: recovers quickly, costs little quota when down
-UNAUTHORIZED_BACKOFF_S: Final = 300.0  # a rejected key will not fix itself; don't hammer
-MAX_DELETE_CONFIRMATIONS: Final = 20
-"""A session missing from a listing is confirmed with a GET before it is called deleted:
-paging while the list shifts can skip an entry. Past this many vanished sessions in one
-poll the deletion is real (a mass clean-up), and the listing is trusted."""
+__all__ = ["Poller", "Upstream", "UpstreamHealth", "iso_now"]
+
+MAX_POLL_BACKOFF_S: Final = 60.0
+"""A minute: recovers quickly, costs little quota while down. A rejected key gets the same:
+a key rotated in its file is picked up at once anyway (`wake`)."""
+CHECKS_IN_FLIGHT: Final = 4
+"""Deletion checks run at once: a sample of 16 takes four round trips, and the upstream's
+quota is not hammered (its own SDK allows 50 requests in flight)."""
+CHECK_BUDGET_SHARE: Final = 0.5
+"""Deletion checks (and listing a torn listing again) may take half a poll interval: the
+poll still ends within its period, so a change elsewhere is never late by more than one."""
+MIN_CHECK_BUDGET_S: Final = 1.0
+"""...but at least a second, or with a very short interval no check could ever answer and
+no deletion would ever be confirmed."""
+MAX_RELISTS: Final = 2
+"""A torn listing is listed again at most twice per poll: a tear is a race with a change
+upstream, and rarely repeats; if it does, only confirmed deletions are applied."""
+SHOWN_IDS: Final = 10  # session ids named in one log line; the count gives the rest
 
 log = logs.get("poller")
+
+iso_now = rfc3339.now
+"""The current time as RFC 3339 UTC with milliseconds (the deltas' `timestamp`)."""
 
 
 class Upstream(Protocol):
@@ -39,40 +62,33 @@ class Upstream(Protocol):
         """Every session as raw JSON, or UpstreamError."""
 
     async def get_session(self, session_id: str) -> Session | None:
-        """One session, None when it does not exist, or UpstreamError."""
+        """That very session, None when it does not exist, or UpstreamError."""
 
 
 BeforePublish = Callable[[Batch, Snapshot, Position], Awaitable[None]]
 AfterPersist = Callable[[Batch], None]
 
 
-@dataclass
-class UpstreamHealth:
-    """How the upstream has been answering, for /healthz, /readyz and /api/stats."""
+class _Streaks:
+    """Which ids had each anomaly last poll: a warning when one starts, not every poll."""
 
-    last_success: float | None = None
-    last_error: str | None = None
-    last_error_time: float | None = None
-    consecutive_failures: int = 0
-    store_error: str | None = None
-    baseline_done: bool = False
-    sessions: int = 0
-    next_poll_at: float | None = None
-    started: float = field(default_factory=time.time)
+    def __init__(self) -> None:
+        self._open: dict[str, set[str]] = {}
 
-    @property
-    def degraded(self) -> bool:
-        """True while the upstream or the store is failing."""
-        return self.consecutive_failures > 0 or self.store_error is not None
+    def update(self, kind: str, ids: Iterable[str]) -> tuple[list[str], list[str]]:
+        """Record this poll's ids for `kind`; return (newly seen, no longer seen), sorted."""
+        now = set(ids)
+        before = self._open.get(kind, set())
+        self._open[kind] = now
+        return sorted(now - before), sorted(before - now)
 
 
-def iso_now() -> str:
-    """The current time as ISO 8601 UTC with milliseconds, like the seed's examples."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+def _shown(ids: Sequence[str]) -> list[str]:
+    return list(ids[:SHOWN_IDS])
 
 
 class Poller:
-    """Polls the upstream every interval; publishes only what a complete listing proves."""
+    """Polls the upstream every interval; publishes only what the upstream proves."""
 
     def __init__(
         self,
@@ -85,6 +101,7 @@ class Poller:
         notify: AfterPersist | None = None,
         initial: Snapshot | None = None,
         state: State | None = None,
+        check_budget: float | None = None,
     ) -> None:
         self._upstream = upstream
         # What clients read; published batches keep it current (it is a broker sink).
@@ -94,13 +111,20 @@ class Poller:
         self._broker = broker
         self._metrics = metrics
         self._interval = interval
+        self._check_budget = (
+            check_budget
+            if check_budget is not None
+            else max(MIN_CHECK_BUDGET_S, interval * CHECK_BUDGET_SHARE)
+        )
         self._persist = persist
         self._notify = notify
         # A snapshot loaded from a store is diffed against (not re-announced) on the first poll.
         self._listing = MappedListing.of(dict(initial)) if initial is not None else None
         self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._streaks = _Streaks()
         self.attempts = 0
-        self.health = UpstreamHealth()
+        self.health = self.state.health = UpstreamHealth(interval=interval)
 
     @property
     def sessions(self) -> Snapshot:
@@ -112,45 +136,54 @@ class Poller:
         """True once a complete listing has been taken since start."""
         return self.state.ready
 
+    def wake(self) -> None:
+        """Poll now instead of finishing the current wait (e.g. the API key was rotated)."""
+        self._wake.set()
+
     async def run(self) -> None:
         """Poll forever: the interval after a success, capped backoff after failures."""
         loop = asyncio.get_running_loop()
         while True:
+            self._wake.clear()  # a wake during the poll below polls again right after it
             started = loop.time()
             delay = await self.poll_once()
             if delay == self._interval:
                 # A period, start to start: a slow listing does not stretch the cadence.
                 delay = max(0.0, delay - (loop.time() - started))
             self.health.next_poll_at = time.time() + delay
-            await asyncio.sleep(delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)
 
     async def poll_once(self) -> float:
         """One complete poll; returns how long to wait before the next one."""
         async with self._lock:
+            health = self.health
+            started = health.poll_started = time.time()
             try:
-                return await self._poll()
+                delay = await self._poll()
             except UpstreamError as exc:
-                return self._failed(exc)
+                delay = self._failed(exc)
             finally:
                 self.attempts += 1
+                health.poll_started = None
+            self._paced(time.time() - started)
+            health.next_poll_at = time.time() + delay
+            return delay
 
     async def _poll(self) -> float:
-        started = time.perf_counter()
-        listing = await self._upstream.list_sessions()
-        self._metrics.poll_duration.observe(time.perf_counter() - started)
+        previous = self._listing or MappedListing.empty()
+        current = await self._list(previous)
+        vanished = previous.sessions.keys() - current.sessions.keys()
+        unconfirmed: set[str] = set()
+        if vanished:
+            current, unconfirmed = await self._settle(previous, current, vanished)
+        else:
+            self._streaks.update("torn", ())
+        self._report_unconfirmed(unconfirmed)
 
         started = time.perf_counter()
-        previous = self._listing or MappedListing.empty()
-        try:
-            current = map_listing(listing, previous)
-        except msgspec.MsgspecError as exc:
-            raise UpstreamError("bad_response", f"a session did not decode: {exc}") from None
-        vanished = previous.sessions.keys() - current.sessions.keys()
-        if vanished and len(vanished) <= MAX_DELETE_CONFIRMATIONS:
-            await self._confirm_deletions(vanished, previous, current)
         changes = diff(previous.sessions, current.sessions, current.fresh)
-        diff_time = time.perf_counter() - started
-        self._metrics.diff_duration.observe(diff_time)
+        self._metrics.diff_duration.observe(time.perf_counter() - started)
 
         health = self.health
         if self._listing is None:
@@ -170,8 +203,16 @@ class Poller:
         self._metrics.deltas_per_poll.observe(len(changes))
         self._metrics.sessions_tracked.set(len(current.sessions))
         if health.consecutive_failures:
-            log.info("Upstream recovered", extra={"afterFailures": health.consecutive_failures})
+            outage = time.time() - (health.outage_started or time.time())
+            log.info(
+                "Upstream recovered",
+                extra={
+                    "afterFailures": health.consecutive_failures,
+                    "outageSeconds": round(outage, 3),
+                },
+            )
         health.consecutive_failures = 0
+        health.outage_started = None
         health.last_success = time.time()
         if not self.state.ready:
             # The first listing since start: adopt the upstream's order (a store hands
@@ -181,12 +222,7 @@ class Poller:
         health.baseline_done = True
         health.sessions = len(current.sessions)
         log.debug(
-            "Poll complete",
-            extra={
-                "sessions": len(current.sessions),
-                "deltas": len(changes),
-                "diffMs": round(diff_time * 1000, 3),
-            },
+            "Poll complete", extra={"sessions": len(current.sessions), "deltas": len(changes)}
         )
         return self._interval
 
@@ -233,6 +269,174 @@ class Poller:
                 # The next listing is diffed against this, so the change is not sent twice.
                 listing.sessions = sessions
 
+    async def _list(self, previous: MappedListing) -> MappedListing:
+        """List every session and map the listing against `previous`; UpstreamError."""
+        started = time.perf_counter()
+        raw = await self._upstream.list_sessions()
+        self._metrics.poll_duration.observe(time.perf_counter() - started)
+        current = map_listing(raw, previous)
+        self._report_listing(current)
+        return current
+
+    async def _settle(
+        self, previous: MappedListing, current: MappedListing, vanished: set[str]
+    ) -> tuple[MappedListing, set[str]]:
+        """Decide the vanished sessions (deletions.py); list again while the listing is torn.
+
+        Returns the listing to publish, with every session that is not proven gone put
+        back, and the ids of those kept without an answer (unconfirmed).
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._check_budget
+        missed: set[str] = set()  # sessions the listings of this poll missed
+        tries = 1
+        outcome = "listed again cleanly"
+        while True:
+            checks = await self._check(sample(vanished, previous.order()), deadline)
+            verdict = judge(vanished, checks)
+            if not verdict.torn:
+                break
+            self._metrics.listings_torn.inc()
+            missed.update(verdict.present)
+            if tries > MAX_RELISTS or loop.time() >= deadline:
+                outcome = "still torn; only confirmed deletions applied"
+                break
+            tries += 1
+            try:
+                async with asyncio.timeout_at(deadline):
+                    again = await self._list(previous)
+            except (UpstreamError, TimeoutError) as exc:
+                why = exc.detail if isinstance(exc, UpstreamError) else "out of time"
+                outcome = f"listing again failed ({why}); only confirmed deletions applied"
+                break
+            current = again
+            vanished = previous.sessions.keys() - current.sessions.keys()
+            if not vanished:
+                verdict = Verdict()
+                break
+        self._report_torn(sorted(missed), tries, outcome)
+        self._apply(verdict, previous, current)
+        return current, verdict.unconfirmed
+
+    def _report_torn(self, missed: list[str], tries: int, outcome: str) -> None:
+        """One warning when a tear starts (not on every poll of a lasting one)."""
+        new, _ = self._streaks.update("torn", missed)
+        if missed:
+            log.log(
+                logging.WARNING if new else logging.DEBUG,
+                "Listing torn: sessions missing from it still exist",
+                extra={
+                    "missed": _shown(missed),
+                    "missedCount": len(missed),
+                    "listings": tries,
+                    "outcome": outcome,
+                },
+            )
+
+    @staticmethod
+    def _apply(verdict: Verdict, previous: MappedListing, current: MappedListing) -> None:
+        """Put back every vanished session that is not proven gone."""
+        for sid, session in verdict.present.items():
+            current.sessions[sid] = map_session(session, previous.sessions.get(sid))
+            if current.fresh is not None:
+                current.fresh.append(sid)
+        for sid in verdict.unconfirmed:
+            current.sessions[sid] = previous.sessions[sid]
+
+    async def _check(self, sids: list[str], deadline: float) -> dict[str, Check]:
+        """GET each session, at most CHECKS_IN_FLIGHT at once, all before `deadline`."""
+        checks: dict[str, Check] = {}
+        gate = asyncio.Semaphore(CHECKS_IN_FLIGHT)
+
+        async def check(sid: str) -> None:
+            async with gate:
+                checks[sid] = await self._check_one(sid)
+
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout_at(deadline), asyncio.TaskGroup() as group:
+                for sid in sids:
+                    group.create_task(check(sid))
+        late = Check(Outcome.UNKNOWN, why=f"no answer within {self._check_budget:g} s")
+        for sid in sids:
+            outcome = checks.setdefault(sid, late).outcome
+            self._metrics.deletion_checks.labels(outcome.value).inc()
+        return checks
+
+    async def _check_one(self, sid: str) -> Check:
+        try:
+            found = await self._upstream.get_session(sid)
+        except UpstreamError as exc:
+            return Check(Outcome.UNKNOWN, why=exc.detail)
+        if found is None or found.archived:
+            return GONE
+        return Check(Outcome.PRESENT, session=found)
+
+    def _report_listing(self, listing: MappedListing) -> None:
+        """Log each new anomaly of a listing once, count them all, update the gauges."""
+        metrics = self._metrics
+        by_kind: dict[str, list[str]] = {"undecodable": [], "identity_conflict": [], "no_id": []}
+        for entry in listing.rejected:
+            by_kind[entry.kind].append(entry.label)
+            metrics.listing_anomalies.labels(entry.kind).inc()
+        new, cleared = self._streaks.update(
+            "rejected", (f"{r.label}: {r.reason}" for r in listing.rejected)
+        )
+        for entry in listing.rejected:
+            if f"{entry.label}: {entry.reason}" in new:
+                log.warning(
+                    "Session skipped: the listing entry is unusable; last good version kept"
+                    if entry.kept
+                    else "Session skipped: the listing entry is unusable; a new one waits",
+                    extra={"sessionId": entry.label, "kind": entry.kind, "error": entry.reason},
+                )
+        if cleared:
+            log.info("Listing entries usable again", extra={"entries": _shown(cleared)})
+        metrics.sessions_undecodable.set(len(listing.rejected))
+        self.health.undecodable = len(listing.rejected)
+
+        metrics.listing_anomalies.labels("duplicate_id").inc(len(listing.duplicates))
+        new, _ = self._streaks.update("duplicate_id", listing.duplicates)
+        if new:
+            log.warning(
+                "Listing repeats sessions; the first entry of each is used",
+                extra={"sessionIds": _shown(new), "count": len(new)},
+            )
+        metrics.listing_anomalies.labels("stale_version").inc(len(listing.stale))
+        new, _ = self._streaks.update("stale_version", listing.stale)
+        if new:
+            log.warning(
+                "Listing has older versions than already shown; the shown ones are kept",
+                extra={"sessionIds": _shown(new), "count": len(new)},
+            )
+
+    def _report_unconfirmed(self, unconfirmed: set[str]) -> None:
+        self._metrics.sessions_unconfirmed.set(len(unconfirmed))
+        self.health.unconfirmed = len(unconfirmed)
+        new, cleared = self._streaks.update("unconfirmed", unconfirmed)
+        if new:
+            log.warning(
+                "Sessions missing from the listing kept: their deletion is not confirmed",
+                extra={"sessionIds": _shown(new), "count": len(unconfirmed)},
+            )
+        if cleared and not unconfirmed:
+            log.info("Every session missing from the listing is settled")
+
+    def _paced(self, seconds: float) -> None:
+        """Record the poll's duration; a poll longer than its interval has overrun."""
+        health = self.health
+        health.last_poll_seconds = seconds
+        overran = seconds > self._interval
+        if overran:
+            self._metrics.poll_overruns.inc()
+            if not health.last_poll_overran:
+                log.warning(
+                    "Poll overran its interval; changes are late",
+                    extra={"pollSeconds": round(seconds, 3), "interval": self._interval},
+                )
+        elif health.last_poll_overran:
+            log.info("Polls back within their interval", extra={"pollSeconds": round(seconds, 3)})
+        health.last_poll_overran = overran
+
     async def _persisted(self, batch: Batch, sessions: Snapshot) -> bool:
         assert self._persist is not None
         current = self._broker.position
@@ -254,52 +458,40 @@ class Poller:
         self.health.store_error = None
         return True
 
-    async def _confirm_deletions(
-        self, vanished: set[str], previous: MappedListing, current: MappedListing
-    ) -> None:
-        """Keep sessions that still exist upstream but fell between two listing pages."""
-        for sid in sorted(vanished):
-            try:
-                found = await self._upstream.get_session(sid)
-            except UpstreamError as exc:
-                # Unsure: keep it this poll rather than announce a deletion that is not real.
-                log.warning(
-                    "Could not confirm deletion; keeping session",
-                    extra={"sessionId": sid, "kind": exc.kind},
-                )
-                current.sessions[sid] = previous.sessions[sid]
-                continue
-            if found is not None and not found.archived:
-                current.sessions[sid] = map_session(found, previous.sessions.get(sid))
-                if current.fresh is not None:
-                    current.fresh.append(sid)
-
     def _failed(self, exc: UpstreamError) -> float:
+        """Count the failure; log it once per outage (and when its kind changes); back off."""
         health = self.health
+        first = health.consecutive_failures == 0
+        changed = not first and exc.kind != health.last_error_kind
         health.consecutive_failures += 1
-        health.last_error = str(exc)
+        if first:
+            health.outage_started = time.time()
+        health.last_error = exc.detail
+        health.last_error_kind = exc.kind
         health.last_error_time = time.time()
         self._metrics.poll_failures.labels(exc.kind).inc()
-        if exc.kind == "unauthorized":
-            delay = UNAUTHORIZED_BACKOFF_S
-            if health.consecutive_failures == 1:
-                log.error(
-                    "Jules API key rejected; check JULES_API_KEY",
-                    extra={"status": exc.status, "retryIn": delay},
-                )
-            return delay
         cap = max(MAX_POLL_BACKOFF_S, self._interval)
         delay = backoff_delay(health.consecutive_failures, self._interval, cap)
         if exc.retry_after is not None:
             delay = max(delay, min(exc.retry_after, cap))
-        log.warning(
-            "Upstream poll failed; snapshot kept, no deltas",
-            extra={
-                "kind": exc.kind,
-                "error": exc.detail,
-                "status": exc.status,
-                "consecutiveFailures": health.consecutive_failures,
-                "retryIn": round(delay, 3),
-            },
-        )
+        fields = {
+            "kind": exc.kind,
+            "error": exc.detail,
+            "status": exc.status,
+            "consecutiveFailures": health.consecutive_failures,
+            "retryIn": round(delay, 3),
+        }
+        if not (first or changed):
+            log.debug("Upstream still failing", extra=fields)
+        elif exc.kind == "unauthorized":
+            log.error(
+                "Jules API key rejected; check JULES_API_KEY or JULES_API_KEY_FILE", extra=fields
+            )
+        elif health.baseline_done:
+            log.warning("Upstream poll failed; snapshot kept, no deltas", extra=fields)
+        else:
+            log.warning(
+                "Upstream poll failed; no baseline yet, nothing served until one succeeds",
+                extra=fields,
+            )
         return delay

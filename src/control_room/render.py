@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, tzinfo
 from typing import Final
 
+from control_room import rfc3339
 from control_room.models import JulesSession, PullRequest, SessionDelta
 
 REPO_WIDTH: Final = 22  # fits `owner/repository` for most names; longer ones end with …
@@ -64,12 +65,8 @@ def truncate(text: str, width: int) -> str:
 
 
 def parse_time(timestamp: str) -> datetime | None:
-    """An RFC 3339 timestamp as an aware datetime; None when it is not one."""
-    try:
-        parsed = datetime.fromisoformat(timestamp)
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+    """An RFC 3339 timestamp (any case, offset, fraction) as an aware datetime; else None."""
+    return rfc3339.parse(timestamp)
 
 
 def clock(timestamp: str, tz: tzinfo | None = None) -> str:
@@ -187,6 +184,8 @@ def format_reset(
     why = {
         "epoch_changed": "the service restarted without its history",
         "history_expired": "the missed deltas are no longer kept",
+        "too_far_behind": "too many deltas were missed to replay them",
+        "ahead_of_server": "the service is behind this position (its store restored?)",
     }.get(reason, reason)
     text = f"{why} ({reason}); now at epoch {epoch}, seq {seq}; changes in the gap are not shown"
     return f"{head}  {paint(text, MAGENTA, color)}"

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from control_room.broker.base import Batch
+from control_room.health import UpstreamHealth
 from control_room.models import Activity, JulesSession
 
 MAX_TIMELINES: Final = 500
@@ -56,6 +57,8 @@ class State:
     def __init__(self) -> None:
         self.sessions: dict[str, JulesSession] = {}
         self.ready = False
+        self.health = UpstreamHealth()
+        """How the upstream and the store are doing (the poller keeps it current)."""
         self._timelines: OrderedDict[str, Timeline] = OrderedDict()
 
     def load(self, sessions: Mapping[str, JulesSession]) -> None:

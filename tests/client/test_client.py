@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -15,7 +17,6 @@ from aiohttp import web
 from control_room import client as client_module
 from control_room.app import Service
 from control_room.client import (
-    BadRequest,
     Connected,
     ConnectionStatus,
     ControlRoomClient,
@@ -28,7 +29,7 @@ from control_room.client import (
     Unavailable,
 )
 from control_room.jules.simulator import Simulator
-from control_room.models import SessionDelta
+from control_room.models import Position, SessionDelta
 from tests.conftest import MS, TOKEN, ServiceFactory, connect
 
 
@@ -245,10 +246,43 @@ async def test_a_rejected_token_raises_unauthorized_without_retrying(service: Se
     assert statuses == []
 
 
-async def test_since_ahead_of_the_stream_is_a_bad_request(service: Service) -> None:
-    async with ControlRoomClient(service.url, TOKEN) as client:
-        with pytest.raises(BadRequest, match="ahead of the stream"):
-            await drain(client.deltas(since=99))
+async def test_a_server_restored_from_a_backup_resets_the_client_which_carries_on(
+    make_service: ServiceFactory, sim: Simulator, tmp_path: Path
+) -> None:
+    """Same epoch, server back at seq 1, client at seq 4: a reset, then live deltas."""
+    data, backup = tmp_path / "data", tmp_path / "backup"
+    stored = {"persist": True, "data_dir": data}
+    first = await make_service(**stored)
+    assert first.poller is not None
+    sim.create()
+    await first.poller.poll_once()
+    await first.stop()
+    shutil.copytree(data, backup)  # the backup, at seq 1
+    second = await make_service(**stored, port=first.port)
+    assert second.poller is not None
+    epoch = second.broker.position.epoch
+    async with Stream(second.url) as stream:
+        await stream.connected()
+        later = sim.bulk_create(3)
+        await second.poller.poll_once()
+        assert [d.seq for d in await stream.deltas(3)] == [2, 3, 4]
+        await second.stop()
+        for session in later:  # gone again, so the restored service finds nothing to add
+            sim.delete(session["id"])
+        shutil.rmtree(data)
+        shutil.copytree(backup, data)  # restored
+        third = await make_service(**stored, port=first.port)
+        assert third.poller is not None and third.broker.position == Position(epoch, 1)
+        await stream.connected()
+        reset = await stream.next()
+        assert isinstance(reset, Reset)
+        assert (reset.reason, reset.epoch, reset.seq) == ("ahead_of_server", epoch, 1)
+        sim.create()
+        await third.poller.poll_once()
+        assert [d.seq for d in await stream.deltas(1)] == [2]  # and it carries on
+    async with Stream(third.url, since=40) as stream:  # a stored position ahead, epoch looked up
+        reset = await stream.next()
+        assert isinstance(reset, Reset) and reset.reason == "ahead_of_server"
 
 
 async def test_sessions_waits_for_the_first_poll(
@@ -276,7 +310,7 @@ async def test_sessions_gives_up_when_the_service_stays_unready(
     sim.faults.fail(n=1000)  # the upstream never answers: no baseline
     svc = await make_service()
     async with ControlRoomClient(svc.url, TOKEN) as client:
-        with pytest.raises(Unavailable, match="first poll"):
+        with pytest.raises(Unavailable, match=r"waiting for the Jules API: .* answered HTTP 500"):
             await client.sessions(wait_ready=100 * MS)
 
 

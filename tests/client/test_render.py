@@ -185,3 +185,18 @@ def test_coloured_table_keeps_its_alignment() -> None:
     plain = render.format_table(rows, now, color=False)
     coloured = render.format_table(rows, now, color=True)
     assert [SGR.sub("", line) for line in coloured] == plain
+
+
+def test_every_rfc3339_form_shows_and_sorts_by_its_instant() -> None:
+    # Issue 9.8: lower-case t/z and offsets showed as `?` and sorted last.
+    now = datetime(2026, 1, 1, 10, 2, 0, tzinfo=UTC)
+    lower = session(id="1", title="lower", updatedAt="2026-01-01t10:01:00z")
+    offset = session(id="2", title="offset", updatedAt="2026-01-01T11:01:30.123456789+01:00")
+    upper = session(id="3", title="upper", updatedAt="2026-01-01T09:00:00Z")
+    rows = render.format_table([upper, lower, offset], now)[1:]
+    assert [(r.split()[:3], r.split()[-1]) for r in rows] == [
+        (["29", "s", "ago"], "offset"),  # 29.876 s: whole seconds, cut
+        (["1", "min", "ago"], "lower"),
+        (["1", "h", "ago"], "upper"),
+    ]
+    assert render.clock("2026-01-01t10:01:00z", UTC) == "10:01:00"

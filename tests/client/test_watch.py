@@ -226,11 +226,17 @@ async def test_watch_exits_2_on_bad_arguments(
     assert message in err
 
 
-async def test_watch_since_ahead_of_the_stream_exits_2(procs: list[Proc], service: Service) -> None:
+async def test_watch_since_ahead_of_the_server_resets_and_carries_on(
+    procs: list[Proc], service: Service, sim: Simulator
+) -> None:
+    assert service.poller is not None
     p = await watch(procs, service, "--token", TOKEN, "--since", "50")
-    code, _, err = await p.finish()
-    assert code == 2
-    assert "ahead of the stream" in err
+    reset = await p.line()
+    assert "! reset" in reset and "ahead_of_server" in reset and "seq 0" in reset
+    sim.create(repo="acme/web", title="Dark mode")
+    await service.poller.poll_once()
+    assert "+ created  acme/web" in await p.line()
+    assert await p.stop() == 0
 
 
 async def test_sessions_prints_an_aligned_table(

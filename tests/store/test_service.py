@@ -170,9 +170,11 @@ async def test_a_store_outage_holds_deltas_back_and_the_service_recovers(
         await poll(service)  # still down: still held back, still running
         await nothing_more(ws)
         health = await get_json(http, service, "/healthz")
-        assert health["status"] == "degraded"
-        assert "StoreError" in health["store"]["error"]
-        await get_json(http, service, "/readyz", status=503)
+        assert (health["status"], health["reasons"]) == ("degraded", ["store_unavailable"])
+        stats = await get_json(http, service, "/api/stats")  # the detail needs the token
+        assert "StoreError" in stats["upstream"]["storeError"]
+        ready = await get_json(http, service, "/readyz", status=503)
+        assert ready["reasons"] == ["store_unavailable"]
         stalled = await get_json(http, service, "/api/sessions")
         assert (stalled["seq"], len(stalled["sessions"])) == (0, 1)  # the last persisted state
     sim.set_state(a, "AWAITING_PLAN_APPROVAL")

@@ -97,3 +97,36 @@ def test_serve_stops_with_exit_code_2_and_one_line_per_problem(tmp_path: Path) -
     assert len(lines) == 2
     assert "JULES_API_KEY" in lines[0]
     assert "POLL_INTERVAL_MS" in lines[1]
+
+
+def test_the_jules_key_may_come_from_a_file_instead(tmp_path: Path) -> None:
+    key_file = tmp_path / "jules.key"
+    key_file.write_text("from-a-file\n")
+    s = load({"LOCAL_TOKEN": "t", "JULES_API_KEY_FILE": str(key_file)}, dotenv=None)
+    assert (s.jules_api_key, s.jules_api_key_file) == ("", key_file)
+
+
+@pytest.mark.parametrize(
+    ("key", "file_text", "says"),
+    [
+        ("k", "from-a-file", "not both"),
+        ("", None, "cannot read"),
+        ("", "  \n", "is empty"),
+    ],
+    ids=["both given", "missing file", "empty file"],
+)
+def test_a_bad_jules_key_file_is_named(
+    tmp_path: Path, key: str, file_text: str | None, says: str
+) -> None:
+    key_file = tmp_path / "jules.key"
+    if file_text is not None:
+        key_file.write_text(file_text)
+    env = {"LOCAL_TOKEN": "t", "JULES_API_KEY_FILE": str(key_file), "PORT": "x"}
+    if key:
+        env["JULES_API_KEY"] = key
+    with pytest.raises(ConfigError) as err:
+        load(env, dotenv=None)
+    (problem,) = [p for v, p in err.value.problems if v == "JULES_API_KEY_FILE"]
+    assert says in problem
+    assert "from-a-file" not in str(err.value)
+    assert [v for v, _ in err.value.problems] == ["JULES_API_KEY_FILE", "PORT"]  # all at once

@@ -32,6 +32,8 @@ def raw(**fields: object) -> Session:
         "someFutureField": {"ignored": True},
     }
     base.update(fields)
+    if "id" in fields and "name" not in fields:
+        base["name"] = f"sessions/{fields['id']}"  # a real session's name follows its id
     return msgspec.convert(base, Session)
 
 
@@ -154,9 +156,65 @@ def test_listing_maps_changes_even_when_only_an_output_changed() -> None:
     assert second.sessions["1"].pullRequest is not None
 
 
-def test_a_session_that_does_not_decode_fails_the_listing() -> None:
-    with pytest.raises(msgspec.ValidationError):
-        map_listing([body(id="1"), b'{"id": 7, "state": []}'], MappedListing.empty())
+def test_null_reads_as_absent_everywhere() -> None:
+    nulls = (
+        b'{"id":"7","name":null,"title":null,"sourceContext":{"source":null,'
+        b'"githubRepoContext":null},"state":null,"url":null,"outputs":null,'
+        b'"createTime":null,"updateTime":null,"archived":null}'
+    )
+    s = map_session(msgspec.json.decode(nulls, type=Session))
+    assert (s.id, s.title, s.repository, s.branch, s.url) == ("7", "", "", "", "")
+    assert (s.state, s.planStatus, s.createdAt, s.updatedAt) == (
+        "STATE_UNSPECIFIED",
+        "pending",
+        "",
+        "",
+    )
+    assert s.pullRequest is None
+    outputs = (
+        b'{"id":"7","outputs":[null,{"pullRequest":null},{"pullRequest":{"url":"u","title":null}}]}'
+    )
+    pr = map_session(msgspec.json.decode(outputs, type=Session)).pullRequest
+    assert pr == PullRequest(url="u", title="")
+
+
+def test_an_undecodable_session_keeps_its_last_good_version_and_the_rest_is_mapped() -> None:
+    first = map_listing([body(id="1"), body(id="2")], MappedListing.empty())
+    broken = b'{"id": "1", "title": ["not", "a", "string"]}'
+    second = map_listing([broken, body(id="2", state="PLANNING")], first)
+    assert second.sessions["1"] is first.sessions["1"]  # kept, not deleted
+    assert second.sessions["2"].state == "PLANNING"  # the rest goes on
+    (rejected,) = second.rejected
+    assert (rejected.ids, rejected.kind, rejected.kept) == (("1",), "undecodable", ("1",))
+    assert "title" in rejected.reason
+    # Still broken next time (same bytes): still rejected, still kept.
+    third = map_listing([broken, body(id="2", state="PLANNING")], second)
+    assert third.sessions["1"] is first.sessions["1"] and len(third.rejected) == 1
+
+
+def test_a_new_session_that_does_not_decode_waits() -> None:
+    listing = map_listing([b'{"id": "9", "state": 5}', b"[1, 2]", b"null"], MappedListing.empty())
+    assert listing.sessions == {}
+    assert [(r.ids, r.kept) for r in listing.rejected] == [(("9",), ()), ((), ()), ((), ())]
+
+
+def test_id_and_name_disagreeing_is_never_taken_for_either_session() -> None:
+    first = map_listing([body(id="5"), body(id="6")], MappedListing.empty())
+    second = map_listing([body(id="5", name="sessions/6", title="whose?"), body(id="6")], first)
+    assert second.sessions["5"] is first.sessions["5"]
+    assert second.sessions["6"] is first.sessions["6"]
+    (rejected,) = second.rejected
+    assert (rejected.ids, rejected.kind) == (("5", "6"), "identity_conflict")
+
+
+def test_an_older_version_than_the_one_shown_is_ignored() -> None:
+    first = map_listing([body(id="1", updateTime="2026-11-01T10:00:05Z")], MappedListing.empty())
+    older = body(id="1", state="QUEUED", updateTime="2026-11-01t09:00:00z")
+    second = map_listing([older], first)
+    assert second.sessions["1"] is first.sessions["1"]
+    assert second.stale == ["1"]
+    newer = body(id="1", state="PLANNING", updateTime="2026-11-01T11:00:06+01:00")  # 10:00:06Z
+    assert map_listing([newer], first).sessions["1"].state == "PLANNING"
 
 
 def test_listing_skips_archived_blank_and_repeated_ids() -> None:
@@ -171,6 +229,8 @@ def test_listing_skips_archived_blank_and_repeated_ids() -> None:
     )
     assert list(listing.sessions) == ["1"]
     assert listing.sessions["1"].title == "newest"
+    assert listing.duplicates == ["1"]
+    assert [r.kind for r in listing.rejected] == ["no_id"]
 
 
 def test_unknown_fields_and_values_never_crash() -> None:

@@ -8,14 +8,20 @@ which the command layer turns into error codes.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Final
 from urllib.parse import quote
 
 import aiohttp
 import msgspec
 
-from control_room.jules.client import UpstreamError, describe_error, error_message
+from control_room.jules.client import (
+    Key,
+    UpstreamError,
+    describe_failure,
+    error_message,
+    key_reader,
+    where,
+)
 from control_room.jules.mapping import map_session
 from control_room.jules.types import session_decoder
 from control_room.messages import CreateSession
@@ -99,10 +105,11 @@ def create_body(request: CreateSession) -> dict[str, object]:
 class JulesActions:
     """Sends commands to Jules with the shared aiohttp session; the key is read per call."""
 
-    def __init__(self, http: aiohttp.ClientSession, base_url: str, key: Callable[[], str]) -> None:
+    def __init__(self, http: aiohttp.ClientSession, base_url: str, key: Key) -> None:
         self._http = http
         self._base = base_url.rstrip("/")
-        self._key = key
+        self._key = key_reader(key)
+        self.where = where(base_url)
         self._timeout = aiohttp.ClientTimeout(total=ACTION_TIMEOUT_S)
 
     async def _call(
@@ -122,17 +129,20 @@ class JulesActions:
                 json=body if body is not None else ({} if method == "POST" else None),
                 headers=headers,
                 timeout=self._timeout,
+                allow_redirects=False,  # the key must never follow a redirect elsewhere
             ) as resp:
                 data = await resp.read()
                 status = resp.status
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise describe_error(exc, method, url, ACTION_TIMEOUT_S) from None
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            kind, detail = describe_failure(exc, self.where, ACTION_TIMEOUT_S)
+            raise UpstreamError(kind, detail) from None
         if 200 <= status < 300:
             return data
         kind = {401: "unauthorized", 403: "unauthorized", 429: "rate_limited"}.get(
             status, "server_error" if status >= 500 else "client_error"
         )
-        raise UpstreamError(kind, error_message(data), status=status)
+        message, api_status = error_message(data)
+        raise UpstreamError(kind, message or f"HTTP {status}", status=status, api_status=api_status)
 
     @staticmethod
     def _path(session_id: str, action: str = "") -> str:

@@ -1,13 +1,25 @@
-"""The Jules REST client: complete paged listings, timeouts, bounded retries, clear errors."""
+"""The Jules REST client: complete paged listings, timeouts, bounded retries, clear errors.
+
+Nothing the upstream says is taken on faith: a listing whose page tokens repeat, or that
+pages on through empty pages forever, is an error; a `GET /sessions/{id}` answer that is
+not that session is an error (never a confirmation, never data); a 404 counts as "no such
+session" only when it is the API's own NOT_FOUND; redirects are not followed (the API key
+would go with them); an answer over `MAX_RESPONSE_BYTES` is refused. Every error names the
+upstream's host and port and the reason in words (`connection refused to 127.0.0.1:9`).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, TypeVar
 
 import aiohttp
 import msgspec
+from yarl import URL
 
 from control_room import logging as logs
 from control_room.backoff import backoff_delay, parse_retry_after
@@ -18,14 +30,23 @@ from control_room.jules.types import (
     Session,
     session_decoder,
 )
+from control_room.secret import SecretSource
 
 PAGE_SIZE: Final = 100  # the API's maximum: fewest round trips per listing
 MAX_PAGES: Final = 2_000  # 200,000 sessions: far beyond any account; stops a token loop
+MAX_EMPTY_PAGES: Final = 10
+"""Empty pages in a row that still carry a next token: an API may skip a filtered stretch
+with one or two, but ten in a row is an upstream paging on without end."""
 REQUEST_TIMEOUT_S: Final = 15.0  # one page; a healthy upstream answers in well under a second
 ATTEMPTS: Final = 3  # per page, within one poll; longer outages are the poller's backoff
 RETRY_BASE_S: Final = 0.5
 RETRY_CAP_S: Final = 4.0  # keep one poll short: the poller's own backoff takes over beyond
 RETRY_AFTER_MAX_S: Final = 10.0  # a longer Retry-After is left to the poller to honour
+MAX_RESPONSE_BYTES: Final = 32 * 1024 * 1024
+"""A page of 100 sessions is 50-500 KB; an answer 60 times the largest is not a page, and
+reading it whole could exhaust memory."""
+READ_CHUNK_BYTES: Final = 64 * 1024
+NOT_FOUND: Final = "NOT_FOUND"
 
 log = logs.get("jules")
 T = TypeVar("T")
@@ -35,7 +56,12 @@ _error_decoder: Final = msgspec.json.Decoder(ErrorEnvelope)
 
 
 class UpstreamError(Exception):
-    """A listing could not be completed. `kind` names the failure for logs and metrics."""
+    """A request to the upstream failed. `kind` names the failure for logs and metrics.
+
+    `detail` is one line for a person: it names the host and port and the reason (never
+    just an exception class). `api_status` is Google's status word (`NOT_FOUND`) when the
+    answer was the API's own error envelope.
+    """
 
     def __init__(
         self,
@@ -44,12 +70,14 @@ class UpstreamError(Exception):
         *,
         status: int | None = None,
         retry_after: float | None = None,
+        api_status: str | None = None,
     ) -> None:
         super().__init__(f"{kind}: {detail}")
         self.kind = kind
         self.detail = detail
         self.status = status
         self.retry_after = retry_after
+        self.api_status = api_status
 
     @property
     def retryable(self) -> bool:
@@ -68,68 +96,173 @@ class RequestPolicy:
     retry_after_max: float = RETRY_AFTER_MAX_S
 
 
-def error_message(body: bytes) -> str:
-    """The message of Google's error envelope (or the start of an unexpected body)."""
+def error_message(body: bytes) -> tuple[str, str | None]:
+    """A readable message from an error answer, and Google's status word if it was one."""
     try:
         envelope = _error_decoder.decode(body)
     except msgspec.MsgspecError:
-        return body[:200].decode(errors="replace")
-    if envelope.error is None:
-        return body[:200].decode(errors="replace")
-    return f"{envelope.error.status or envelope.error.code}: {envelope.error.message}"
+        return body[:200].decode(errors="replace"), None
+    error = envelope.error
+    if error is None:
+        return body[:200].decode(errors="replace"), None
+    word = error.status or (str(error.code) if error.code is not None else "")
+    return f"{word}: {error.message or ''}".strip(), error.status
 
 
-def describe_error(exc: BaseException, method: str, url: str, timeout: float) -> UpstreamError:
-    """An UpstreamError for a request that got no answer, naming what went wrong."""
-    if isinstance(exc, TimeoutError):
-        return UpstreamError("timeout", f"{method} {url}: timed out after {timeout:g} s")
-    return UpstreamError("network", f"{method} {url}: {exc}")
+def describe_failure(exc: BaseException, where: str, timeout: float) -> tuple[str, str]:
+    """(kind, detail) for a request that got no answer: the reason in words, with host:port."""
+    if isinstance(exc, TimeoutError):  # aiohttp's own timeouts subclass it too
+        return "timeout", f"timed out after {timeout:g} s waiting for {where}"
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        cert = exc.certificate_error
+        why = getattr(cert, "verify_message", None) or getattr(cert, "reason", None) or str(cert)
+        return "network", f"TLS: certificate verify failed ({why}) for {where}"
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return "network", f"TLS: {_os_reason(exc)} with {where}"
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return "network", f"name not resolved: {where}"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return "network", f"{_os_reason(exc)} to {where}"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "network", f"{where} closed the connection without answering"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "network", f"the answer from {where} was cut short"
+    if isinstance(exc, OSError) and exc.errno:
+        return "network", f"{_os_reason(exc)} with {where}"
+    text = str(exc)
+    return "network", f"{type(exc).__name__} from {where}" + (f": {text}" if text else "")
+
+
+def _os_reason(exc: OSError) -> str:
+    """`connection refused`, `network is unreachable`, ...: the OS's words, in lower case."""
+    number = exc.errno
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        number = exc.os_error.errno
+    if number == errno.ECONNREFUSED:
+        return "connection refused"
+    if number:
+        return os.strerror(number).lower()
+    return (exc.strerror or str(exc) or type(exc).__name__).lower()
+
+
+Key = str | SecretSource[str]
+"""The API key, or a source of it that may change while the service runs."""
+
+
+def key_reader(key: Key) -> Callable[[], str]:
+    """A function giving the key in force now (a fixed one, or a rotating source's)."""
+    if isinstance(key, str):
+        return lambda: key
+    return lambda: key.current
+
+
+def where(base_url: str) -> str:
+    """`host:port` of the upstream, for error messages (never its path or credentials)."""
+    url = URL(base_url)
+    return f"{url.host}:{url.port}"
 
 
 class JulesClient:
-    """Talks to the Jules API with one aiohttp session; the API key goes in one header only."""
+    """Talks to the Jules API with one aiohttp session; the API key goes in one header only.
+
+    The key is read afresh for every request, so a key rotated in its file (or on SIGHUP)
+    is used by the very next request.
+    """
 
     def __init__(
         self,
         http: aiohttp.ClientSession,
         base_url: str,
-        api_key: str,
+        api_key: Key,
         *,
         retry: RequestPolicy | None = None,
     ) -> None:
         self._http = http
         self._base = base_url.rstrip("/")
-        self._headers = {"X-Goog-Api-Key": api_key, "Accept": "application/json"}
+        self.where = where(base_url)
+        self._key = key_reader(api_key)
         self._retry = retry or RequestPolicy()
         self._timeout = aiohttp.ClientTimeout(total=self._retry.timeout)
+        self._oversized_pages = False  # warned once per streak, not once per poll
 
     async def list_sessions(self) -> list[RawSession]:
-        """Every session as raw JSON, following `nextPageToken` to the end; UpstreamError."""
+        """Every session as raw JSON, following `nextPageToken` to the end; UpstreamError.
+
+        A page token seen before (the listing loops), more than MAX_PAGES pages, or more
+        than MAX_EMPTY_PAGES empty pages in a row is a `bad_response`.
+        """
         sessions: list[RawSession] = []
         token = ""
-        seen_tokens: set[str] = set()
-        for _ in range(MAX_PAGES):
+        seen_tokens: dict[str, int] = {}
+        empty_run = 0
+        oversized = False
+        for page_index in range(MAX_PAGES):
             params = {"pageSize": str(PAGE_SIZE)}
             if token:
                 params["pageToken"] = token
             page = await self._get("/sessions", params, _list_decoder)
-            sessions.extend(page.sessions)
-            token = page.nextPageToken
+            entries = page.sessions or ()
+            oversized = oversized or len(entries) > PAGE_SIZE
+            sessions.extend(entries)
+            empty_run = 0 if entries else empty_run + 1
+            token = page.nextPageToken or ""
             if not token:
+                self._note_oversized(oversized)
                 return sessions
             if token in seen_tokens:
-                raise UpstreamError("bad_response", "nextPageToken repeated")
-            seen_tokens.add(token)
-        raise UpstreamError("bad_response", f"more than {MAX_PAGES} pages")
+                raise UpstreamError(
+                    "bad_response",
+                    f"the listing from {self.where} loops: page {page_index + 1} gave the"
+                    f" page token of page {seen_tokens[token] + 1} again",
+                )
+            if empty_run >= MAX_EMPTY_PAGES:
+                raise UpstreamError(
+                    "bad_response",
+                    f"{self.where} answered {empty_run} empty pages in a row, each with a"
+                    " next page token",
+                )
+            seen_tokens[token] = page_index
+        raise UpstreamError(
+            "bad_response", f"the listing from {self.where} ran past {MAX_PAGES} pages"
+        )
+
+    def _note_oversized(self, oversized: bool) -> None:
+        if oversized and not self._oversized_pages:
+            log.warning(
+                "Upstream pages are larger than asked; listing used as is",
+                extra={"pageSize": PAGE_SIZE, "upstream": self.where},
+            )
+        elif not oversized and self._oversized_pages:
+            log.info("Upstream pages are back within the asked size")
+        self._oversized_pages = oversized
 
     async def get_session(self, session_id: str) -> Session | None:
-        """One session, or None when the upstream says it does not exist (404)."""
+        """One session, or None when the API says it does not exist (404 NOT_FOUND).
+
+        An answer that is not the session asked for (no id and name, another session's,
+        or id and name disagreeing) is a `bad_response`: never taken for that session.
+        A 404 that is not the API's own NOT_FOUND (a proxy's page) is a `client_error`.
+        """
+        path = f"/sessions/{session_id}"
         try:
-            return await self._get(f"/sessions/{session_id}", {}, session_decoder)
+            session = await self._get(path, {}, session_decoder)
         except UpstreamError as exc:
-            if exc.status == 404:
+            if exc.status == 404 and exc.api_status == NOT_FOUND:
                 return None
             raise
+        answered = session.session_id
+        if answered != session_id or session.identity_conflict:
+            who = (
+                "no session id"
+                if not answered
+                else f"id {session.id!r} and name {session.name!r}"
+                if session.identity_conflict
+                else f"session {answered!r}"
+            )
+            raise UpstreamError(
+                "bad_response", f"GET {path} on {self.where} answered {who}, not {session_id!r}"
+            )
+        return session
 
     async def _get(self, path: str, params: dict[str, str], decoder: msgspec.json.Decoder[T]) -> T:
         """GET and decode, retrying transient failures (a garbled body is one of them)."""
@@ -141,7 +274,9 @@ class JulesClient:
                 try:
                     return decoder.decode(body)
                 except msgspec.MsgspecError as exc:
-                    raise UpstreamError("bad_response", f"GET {path}: {exc}") from None
+                    raise UpstreamError(
+                        "bad_response", f"{self.where} answered an unexpected body: {exc}"
+                    ) from None
             except UpstreamError as exc:
                 if not exc.retryable or attempt >= self._retry.attempts:
                     raise
@@ -158,24 +293,63 @@ class JulesClient:
 
     async def _get_once(self, path: str, params: dict[str, str]) -> bytes:
         url = self._base + path
+        headers = {"X-Goog-Api-Key": self._key(), "Accept": "application/json"}
         try:
             async with self._http.get(
-                url, params=params, headers=self._headers, timeout=self._timeout
+                url, params=params, headers=headers, timeout=self._timeout, allow_redirects=False
             ) as resp:
-                body = await resp.read()
+                body = await self._read(resp)
                 status = resp.status
                 retry_after = parse_retry_after(resp.headers.get("Retry-After"))
-        except TimeoutError:
-            raise UpstreamError("timeout", f"GET {path} took too long") from None
-        except aiohttp.ClientError as exc:
-            raise UpstreamError("network", f"GET {path}: {type(exc).__name__}") from None
+                location = resp.headers.get("Location", "")
+        except UpstreamError:
+            raise
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            kind, detail = describe_failure(exc, self.where, self._retry.timeout)
+            raise UpstreamError(kind, detail) from None
         if status == 200:
             return body
-        message = error_message(body)
+        if 300 <= status < 400:
+            raise UpstreamError(
+                "client_error",
+                f"{self.where} redirected ({status}) to {location!r}; not followed",
+                status=status,
+            )
+        message, api_status = error_message(body)
+        detail = f"{self.where} answered HTTP {status}" + (f" ({message})" if message else "")
         if status in (401, 403):
-            raise UpstreamError("unauthorized", message, status=status)
+            raise UpstreamError("unauthorized", detail, status=status, api_status=api_status)
         if status == 429:
-            raise UpstreamError("rate_limited", message, status=status, retry_after=retry_after)
+            raise UpstreamError(
+                "rate_limited",
+                detail,
+                status=status,
+                retry_after=retry_after,
+                api_status=api_status,
+            )
         if status >= 500:
-            raise UpstreamError("server_error", message, status=status, retry_after=retry_after)
-        raise UpstreamError("client_error", message, status=status)
+            raise UpstreamError(
+                "server_error",
+                detail,
+                status=status,
+                retry_after=retry_after,
+                api_status=api_status,
+            )
+        raise UpstreamError("client_error", detail, status=status, api_status=api_status)
+
+    async def _read(self, resp: aiohttp.ClientResponse) -> bytes:
+        """The whole body, refusing one larger than MAX_RESPONSE_BYTES before reading it all."""
+        too_big = UpstreamError(
+            "bad_response",
+            f"{self.where} answered over {MAX_RESPONSE_BYTES} bytes",
+        )
+        if resp.content_length is not None and resp.content_length > MAX_RESPONSE_BYTES:
+            raise too_big
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in resp.content.iter_chunked(READ_CHUNK_BYTES):
+            size += len(chunk)
+            if size > MAX_RESPONSE_BYTES:
+                raise too_big
+            chunks.append(chunk)
+        return b"".join(chunks)

@@ -1,4 +1,9 @@
-"""The Jules REST API's own shapes, as decoded from the wire (unknown fields ignored)."""
+"""The Jules REST API's own shapes, as decoded from the wire.
+
+The API is alpha: every field may be missing or `null` (both read as absent, hence
+`X | None = None` throughout, and the accessors below that give the empty value), unknown
+fields are ignored and enum values are kept as plain strings, unknown ones included.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +11,15 @@ from typing import Final
 
 import msgspec
 
+SESSION_NAME_PREFIX: Final = "sessions/"
+
 
 class PullRequestOutput(msgspec.Struct, frozen=True, gc=False):
     """`outputs[].pullRequest`."""
 
-    url: str = ""
-    title: str = ""
-    description: str = ""
+    url: str | None = None
+    title: str | None = None
+    description: str | None = None
 
 
 class Output(msgspec.Struct, frozen=True, gc=False):
@@ -24,34 +31,39 @@ class Output(msgspec.Struct, frozen=True, gc=False):
 class GithubRepoContext(msgspec.Struct, frozen=True, gc=False):
     """`sourceContext.githubRepoContext`."""
 
-    startingBranch: str = ""
+    startingBranch: str | None = None
 
 
 class SourceContext(msgspec.Struct, frozen=True, gc=False):
     """`sourceContext`: which repository and branch the session works on."""
 
-    source: str = ""
+    source: str | None = None
     githubRepoContext: GithubRepoContext | None = None
 
 
 class Session(msgspec.Struct, frozen=True, gc=False):
     """A Jules Session resource. The prompt is not decoded: nothing shown depends on it."""
 
-    name: str = ""
-    id: str = ""
-    title: str = ""
+    name: str | None = None
+    id: str | None = None
+    title: str | None = None
     sourceContext: SourceContext | None = None
-    state: str = "STATE_UNSPECIFIED"
-    url: str = ""
-    outputs: tuple[Output, ...] = ()
-    createTime: str = ""
-    updateTime: str = ""
-    archived: bool = False
+    state: str | None = None
+    url: str | None = None
+    outputs: tuple[Output | None, ...] | None = None
+    createTime: str | None = None
+    updateTime: str | None = None
+    archived: bool | None = None
 
     @property
     def session_id(self) -> str:
-        """The id, falling back to the last part of `name` (`sessions/{id}`)."""
-        return self.id or self.name.rpartition("/")[2]
+        """The id, falling back to the last part of `name` (`sessions/{id}`); "" if neither."""
+        return self.id or (self.name or "").rpartition("/")[2]
+
+    @property
+    def identity_conflict(self) -> bool:
+        """True when `id` and `name` are both given and name different sessions."""
+        return bool(self.id and self.name and self.name != SESSION_NAME_PREFIX + self.id)
 
 
 class ListSessionsResponse(msgspec.Struct, frozen=True):
@@ -61,8 +73,8 @@ class ListSessionsResponse(msgspec.Struct, frozen=True):
     them by their bytes is several times cheaper than decoding them (see mapping.py).
     """
 
-    sessions: tuple[msgspec.Raw, ...] = ()
-    nextPageToken: str = ""
+    sessions: tuple[msgspec.Raw, ...] | None = None
+    nextPageToken: str | None = None
 
 
 RawSession = bytes | msgspec.Raw
@@ -75,9 +87,9 @@ session_decoder: Final = msgspec.json.Decoder(Session)
 class ErrorBody(msgspec.Struct):
     """The inside of Google's error envelope."""
 
-    code: int = 0
-    message: str = ""
-    status: str = ""
+    code: int | None = None
+    message: str | None = None
+    status: str | None = None
 
 
 class ErrorEnvelope(msgspec.Struct):

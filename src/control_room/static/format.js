@@ -53,12 +53,29 @@ export function planLabel(status) {
   return PLAN_LABELS[status] ?? String(status || '—');
 }
 
-/** Milliseconds since the epoch of an RFC 3339 stamp (any fraction digits); NaN if unparsable. */
+// RFC 3339 §5.6: `T`/`t` (or a space, §5.6's note), any number of fraction digits, `Z`/`z`
+// or any ±hh:mm offset, a leap second (:60). Date.parse is left out: its reading of
+// anything but `YYYY-MM-DDTHH:mm:ss.sssZ` differs between browsers.
+const RFC3339 =
+  /^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(?:([Zz])|([+-])(\d{2}):(\d{2}))?$/;
+
+/**
+ * Milliseconds since the epoch of an RFC 3339 timestamp, NaN if it is not one.
+ * Any case of `t`/`z`, any offset, any number of fraction digits (cut to milliseconds);
+ * a stamp without an offset is read as UTC.
+ */
 export function parseTime(stamp) {
-  if (!stamp) return NaN;
-  // Date.parse takes at most millisecond precision reliably: trim longer fractions.
-  const trimmed = String(stamp).replace(/(\.\d{3})\d+/, '$1');
-  return Date.parse(trimmed);
+  const match = RFC3339.exec(String(stamp ?? '').trim());
+  if (!match) return NaN;
+  const [, year, month, day, hour, minute, second, fraction = '', , sign, offH = 0, offM = 0] =
+    match;
+  const inRange =
+    month >= 1 && month <= 12 && day >= 1 && day <= 31 && hour <= 23 && minute <= 59;
+  if (!inRange || second > 60 || offH > 23 || offM > 59) return NaN;
+  const ms = Number(fraction.slice(0, 3).padEnd(3, '0'));
+  const utc = Date.UTC(+year, month - 1, +day, +hour, +minute, +second, ms);
+  const offset = sign ? (sign === '-' ? -1 : 1) * (offH * 60 + +offM) * 60_000 : 0;
+  return utc - offset;
 }
 
 /** "just now", "3 s ago", "5 min ago", "2 h ago", "4 d ago"; clocks a little ahead count as now. */

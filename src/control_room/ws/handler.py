@@ -30,7 +30,12 @@ from control_room.views import BadFilter, View
 from control_room.ws.connection import Connection
 from control_room.ws.frames import close_frame, text_frame
 from control_room.ws.hub import Hub
-from control_room.ws.params import BadParameter, StreamRequest, parse_stream_request
+from control_room.ws.params import (
+    AHEAD_OF_SERVER,
+    BadParameter,
+    StreamRequest,
+    parse_stream_request,
+)
 from control_room.ws.prepared import PLAIN, Variant, payloads
 
 MAX_CLIENT_MESSAGE_BYTES: Final = 64 * 1024  # a command is a few hundred bytes; a prompt fits
@@ -98,14 +103,14 @@ class WebSocketEndpoint:
             log.warning("WebSocket upgrade refused", extra={"reason": "unauthorized"})
             return json_error(401, "unauthorized")
         try:
-            wanted = parse_stream_request(request.query, self._broker.position)
+            wanted = parse_stream_request(request.query)
         except BadParameter as exc:
             self._metrics.connections_rejected.labels("bad_request").inc()
             return json_error(400, "bad_request", parameter=exc.parameter, message=str(exc))
         if wanted.snapshot and not self._state.ready:
             # An empty snapshot now would never be corrected: the first poll is a baseline
             # and publishes nothing. Ask the client to come back, as GET /api/sessions does.
-            return not_ready()
+            return not_ready(self._state.health)
         transport = request.transport
         if transport is None:  # the client left during the handshake
             return web.Response(status=499)
@@ -167,6 +172,11 @@ class WebSocketEndpoint:
         elif wanted.since is not None:
             if wanted.epoch not in (None, position.epoch):
                 self._reset(conn, "epoch_changed")
+            elif wanted.since > position.seq or (
+                wanted.activities_since is not None
+                and wanted.activities_since > position.activities_seq
+            ):
+                self._reset(conn, AHEAD_OF_SERVER)  # e.g. the store was restored from a backup
             else:
                 need: dict[Channel, int] = {}
                 if wanted.since < position.seq:

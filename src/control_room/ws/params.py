@@ -6,7 +6,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
-from control_room.models import Position
 from control_room.views import DEFAULT_VIEW, BadFilter, View
 
 VIEW_PARAMETERS: Final = {
@@ -15,6 +14,10 @@ VIEW_PARAMETERS: Final = {
     "state": "states",
 }
 """Query parameter -> subscription field: each repeatable, or a comma-separated list."""
+
+AHEAD_OF_SERVER: Final = "ahead_of_server"
+"""The reset's (and /api/deltas' 410's) reason for a `since` ahead of the server in its
+epoch: the server lost history the client saw (e.g. a store restored from a backup)."""
 
 
 class BadParameter(ValueError):
@@ -84,11 +87,12 @@ def parse_view(query: Mapping[str, str]) -> View:
         raise BadParameter(name, str(exc)) from None
 
 
-def parse_stream_request(query: Mapping[str, str], position: Position) -> StreamRequest:
+def parse_stream_request(query: Mapping[str, str]) -> StreamRequest:
     """Validate `since`, `epoch` and `snapshot`; BadParameter names the culprit.
 
-    A `since` ahead of the stream is an error only in the current epoch (or with no epoch,
-    which means the current one): from another epoch it is simply stale, and gets a reset.
+    A `since` ahead of the stream is not an error: the server may be behind the client
+    (a store restored from a backup), and the handler answers it with a reset, as it does
+    a `since` from another epoch.
     """
     snapshot = _flag(query, "snapshot")
     view = parse_view(query)
@@ -109,17 +113,6 @@ def parse_stream_request(query: Mapping[str, str], position: Position) -> Stream
     if snapshot:
         raise BadParameter("snapshot", "cannot be combined with since")
     since = parse_seq("since", since_raw)
-    if since > position.seq and epoch in (None, position.epoch):
-        raise BadParameter("since", f"{since} is ahead of the stream (seq {position.seq})")
-    if (
-        activities_since is not None
-        and activities_since > position.activities_seq
-        and epoch in (None, position.epoch)
-    ):
-        raise BadParameter(
-            "activitiesSince",
-            f"{activities_since} is ahead of the stream (seq {position.activities_seq})",
-        )
     return StreamRequest(
         since=since, epoch=epoch, snapshot=False, view=view, activities_since=activities_since
     )
