@@ -173,10 +173,10 @@ async def test_a_crash_in_one_connection_handler_leaves_the_server_serving(
     sim.create()
     await service.poller.poll_once()
 
-    async def broken_replay(*args: object) -> None:
+    async def broken_catch_up(*args: object) -> None:
         raise RuntimeError("a bug in one connection's handler")
 
-    monkeypatch.setattr(WebSocketEndpoint, "_replay", broken_replay)
+    monkeypatch.setattr(WebSocketEndpoint, "_catch_up", broken_catch_up)
     epoch = service.broker.position.epoch
     victim = await connect(http, service, f"?since=0&epoch={epoch}")
     msg = await asyncio.wait_for(victim.receive(), 2)

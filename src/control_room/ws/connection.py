@@ -56,6 +56,12 @@ class Connection:
         return self._held is not None
 
     @property
+    def held_bytes(self) -> int:
+        """Bytes of live batches held back while catching up (what counts as falling behind
+        then: the snapshot or replay being written never does)."""
+        return self._held_bytes
+
+    @property
     def pending_bytes(self) -> int:
         """Bytes accepted for this client and not yet taken by the kernel."""
         return self.transport.get_write_buffer_size() + self._held_bytes

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass, field, replace
 from typing import Final
 
 from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
@@ -28,7 +29,7 @@ from control_room.state import State
 from control_room.tasks import cancel_and_wait
 from control_room.views import BadFilter, View
 from control_room.ws.connection import Connection
-from control_room.ws.frames import close_frame, text_frame
+from control_room.ws.frames import close_frame
 from control_room.ws.hub import Hub
 from control_room.ws.params import (
     AHEAD_OF_SERVER,
@@ -36,10 +37,16 @@ from control_room.ws.params import (
     StreamRequest,
     parse_stream_request,
 )
-from control_room.ws.prepared import PLAIN, Variant, payloads
+from control_room.ws.prepared import Variant, frames, single
 
 MAX_CLIENT_MESSAGE_BYTES: Final = 64 * 1024  # a command is a few hundred bytes; a prompt fits
 REPLAY_CHUNK_BYTES: Final = 256 * 1024  # write replay in slices, waiting for each to drain
+CATCH_UP_STALL_S: Final = 30.0
+"""A client that takes nothing of its snapshot or replay for this long has stopped reading:
+it is cut as a slow consumer (a heartbeat interval: as long as a live client may be silent)."""
+DRAIN_POLL_S: Final = 0.005
+"""How often a catching-up client's buffer is looked at: 200 looks a second per catching-up
+client while it reads its first megabytes, then nothing."""
 HANDSHAKE_TIMEOUT_S: Final = 10.0  # closing handshake wait; a client that vanished won't reply
 COMMAND_RATE_PER_S: Final = 10.0
 """Client messages per second, sustained: a person clicking, or a script approving a list,
@@ -124,7 +131,7 @@ class WebSocketEndpoint:
         await ws.prepare(request)
         peer = request.remote or "?"
         conn = Connection(transport, peer, key=(wanted.view, conn_variant(wanted)))
-        replay = self._attach(conn, wanted)
+        catch_up = self._attach(conn, wanted)
         self._metrics.connections_accepted.inc()
         log.info(
             "WebSocket client connected",
@@ -132,8 +139,8 @@ class WebSocketEndpoint:
         )
         session = _ClientSession(self, conn)
         try:
-            if replay is not None:
-                await self._replay(conn, replay)
+            if catch_up is not None:
+                await self._catch_up(conn, catch_up)
             await session.read(ws)
         except Exception:
             conn.close_reason = conn.close_reason or "error"
@@ -160,16 +167,19 @@ class WebSocketEndpoint:
             activitiesSeq=position.activities_seq if view.activities else None,
         )
 
-    def _attach(self, conn: Connection, wanted: StreamRequest) -> dict[Channel, int] | None:
+    def _attach(self, conn: Connection, wanted: StreamRequest) -> _CatchUp | None:
         """Register the client; with no await here, nothing is published in between.
 
-        Returns, per channel, the seq to replay after, when history has to be read first.
+        Returns what the client must be sent before it goes live (a snapshot, history), if
+        anything; live batches are held for it meanwhile.
         """
         position = self._broker.position
         view = wanted.view
         if wanted.snapshot:
-            conn.write(text_frame(encode(self._snapshot(view))), 1)
-        elif wanted.since is not None:
+            conn.hold()
+            self._hub.add(conn)
+            return _CatchUp(first=single(encode(self._snapshot(view)), conn.key[1]))
+        if wanted.since is not None:
             if wanted.epoch not in (None, position.epoch):
                 self._reset(conn, "epoch_changed")
             elif wanted.since > position.seq or (
@@ -187,7 +197,7 @@ class WebSocketEndpoint:
                 if need:
                     conn.hold()
                     self._hub.add(conn)
-                    return need
+                    return _CatchUp(need=need)
                 self._metrics.replays.labels("recovered").inc()
         self._hub.add(conn)
         return None
@@ -201,13 +211,21 @@ class WebSocketEndpoint:
             reason=reason,
             activitiesSeq=position.activities_seq if view.activities else None,
         )
-        conn.write(text_frame(encode(message)), 1)
+        conn.write(single(encode(message), conn.key[1]), 1)
         self._metrics.replays.labels(reason).inc()
 
-    async def _replay(self, conn: Connection, need: dict[Channel, int]) -> None:
-        """Send each channel's history after its seq in drained slices, then go live."""
+    async def _catch_up(self, conn: Connection, catch_up: _CatchUp) -> None:
+        """Send the snapshot or the missed history in drained slices, then go live.
+
+        A first message of any size (a snapshot of thousands of sessions) reaches a slow
+        reader whole: it is written a slice at a time, each once the kernel took the last,
+        and it never counts against the slow-consumer limit (only live batches held back
+        meanwhile do). A reader that stops altogether is cut after CATCH_UP_STALL_S.
+        """
+        if catch_up.first and not await self._write_drained(conn, [catch_up.first]):
+            return
         upto: dict[Channel, int] = {}
-        for channel, since in need.items():
+        for channel, since in catch_up.need.items():
             try:
                 entries = await self._broker.history(since, channel=channel)
             except HistoryGone as exc:
@@ -226,8 +244,12 @@ class WebSocketEndpoint:
     async def _write_history(
         self, conn: Connection, entries: list[Entry], since: int
     ) -> int | None:
-        """Write entries (as the client's view sees them) in drained slices; the last seq."""
-        view = conn.key[0]
+        """Write entries (as the client's view sees them) in drained slices; the last seq.
+
+        History is never batched: each event is its own message, as when it was live.
+        """
+        view, variant = conn.key
+        key = (view, replace(variant, batch=False))
         last = since
         start = 0
         while start < len(entries):
@@ -235,23 +257,40 @@ class WebSocketEndpoint:
             while end < len(entries) and size < REPLAY_CHUNK_BYTES:
                 size += len(entries[end].payload)
                 end += 1
-            frames = [text_frame(p) for p in payloads(entries[start:end], view)]
+            data, count = frames(entries[start:end], key)
             last = entries[end - 1].seq
-            if not await self._write_drained(conn, frames):
+            if not await self._write_drained(conn, [data], count):
                 return None
             start = end
         return last
 
-    @staticmethod
-    async def _write_drained(conn: Connection, frames: list[bytes]) -> bool:
-        if not conn.open:
-            return False
-        if frames:
-            conn.write(b"".join(frames), len(frames))
-        # Let the kernel take this slice before the next: replay never floods the buffer.
-        # A transport exposes no event for "buffer below N", so poll it briefly.
-        while conn.open and conn.transport.get_write_buffer_size() > REPLAY_CHUNK_BYTES:  # noqa: ASYNC110
-            await asyncio.sleep(0.001)
+    async def _write_drained(self, conn: Connection, parts: list[bytes], count: int = 1) -> bool:
+        """Write `parts` (`count` messages) a slice at a time, each once the last drained.
+
+        False when the connection closed, or its reader stalled for CATCH_UP_STALL_S (then
+        it is cut as a slow consumer).
+        """
+        data = b"".join(parts)
+        loop = asyncio.get_running_loop()
+        for offset in range(0, len(data), REPLAY_CHUNK_BYTES):
+            if not conn.open:
+                return False
+            chunk = data[offset : offset + REPLAY_CHUNK_BYTES]
+            # The messages are counted once, with the last slice.
+            last = offset + REPLAY_CHUNK_BYTES >= len(data)
+            conn.write(chunk, count if last else 0)
+            # A transport exposes no event for "buffer below N", so poll it briefly.
+            deadline = loop.time() + CATCH_UP_STALL_S
+            drained = conn.transport.get_write_buffer_size()
+            while conn.open and drained > REPLAY_CHUNK_BYTES:
+                await asyncio.sleep(DRAIN_POLL_S)
+                now_pending = conn.transport.get_write_buffer_size()
+                if now_pending < drained:  # progress: the reader is reading
+                    deadline = loop.time() + CATCH_UP_STALL_S
+                elif loop.time() > deadline:
+                    self._hub.cut_slow(conn)
+                    return False
+                drained = now_pending
         return conn.open
 
     def subscribe(self, conn: Connection, command: Subscribe) -> ResultMessage:
@@ -284,7 +323,17 @@ class WebSocketEndpoint:
 
 def conn_variant(wanted: StreamRequest) -> Variant:
     """The wire variant a connection asked for."""
-    return PLAIN
+    return Variant(patch=wanted.patch, batch=wanted.batch)
+
+
+@dataclass
+class _CatchUp:
+    """What a connecting client is sent before it goes live, while live batches are held."""
+
+    first: bytes = b""
+    """One message written whole before anything else (a snapshot; it may be megabytes)."""
+    need: dict[Channel, int] = field(default_factory=dict)
+    """Per channel, the seq after which history is replayed."""
 
 
 def command_subscription(command: Subscribe) -> Subscription:
@@ -340,8 +389,24 @@ class _ClientSession:
                 return
 
     def _answer(self, result: ResultMessage) -> None:
-        if self._conn.open:
-            self._conn.write(text_frame(encode(result)), 1)
+        conn = self._conn
+        if not conn.open:
+            return
+        data = single(encode(result), conn.key[1])
+        if len(data) <= REPLAY_CHUNK_BYTES or conn.catching_up:
+            conn.write(data, 1)
+            return
+        # A big answer (a subscribe's snapshot) is written like a first snapshot: in drained
+        # slices, live batches held meanwhile, none of it counted as falling behind.
+        conn.hold()
+
+        async def write() -> None:
+            if await self._endpoint._write_drained(conn, [data]):
+                conn.release({})
+
+        task = asyncio.create_task(write(), name=f"answer-{conn.id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _command(self, data: bytes | str) -> bool:
         """Handle one client message; False when the connection must close (a flood)."""

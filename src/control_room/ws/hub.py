@@ -82,7 +82,7 @@ class Hub:
             for conn in group.values():
                 if conn.catching_up:
                     conn.held(batch)
-                    if conn.pending_bytes > limit:
+                    if conn.held_bytes > limit:
                         slow.append(conn)
                     continue
                 transport = conn.transport
@@ -147,7 +147,8 @@ class Hub:
                 conn.terminate("heartbeat_timeout")
                 self.remove(conn)
                 continue
-            if conn.pending_bytes > self._max_buffer:
+            pending = conn.held_bytes if conn.catching_up else conn.pending_bytes
+            if pending > self._max_buffer:
                 self.cut_slow(conn)
                 continue
             conn.alive = False

@@ -38,6 +38,10 @@ class StreamRequest:
     snapshot: bool = False
     view: View = DEFAULT_VIEW
     activities_since: int | None = None
+    patch: bool = False
+    """`updates=patch`: `updated` deltas as JSON Patch operations."""
+    batch: bool = False
+    """`batch=1`: each poll's messages as one `batch` message."""
 
 
 def parse_seq(name: str, raw: str) -> int:
@@ -69,6 +73,14 @@ def _flag(query: Mapping[str, str], name: str) -> bool:
     return raw in ("1", "true")
 
 
+def _updates(query: Mapping[str, str]) -> bool:
+    """`updates=patch` (True) or `updates=full` / absent (False)."""
+    raw = query.get("updates", "").strip().lower()
+    if raw not in ("", "full", "patch"):
+        raise BadParameter("updates", f"expected full or patch, got {raw!r}")
+    return raw == "patch"
+
+
 def parse_view(query: Mapping[str, str]) -> View:
     """The subscription asked for at connect time (no parameters: the default stream)."""
     filters = {field: _all(query, name) for name, field in VIEW_PARAMETERS.items()}
@@ -96,6 +108,7 @@ def parse_stream_request(query: Mapping[str, str]) -> StreamRequest:
     """
     snapshot = _flag(query, "snapshot")
     view = parse_view(query)
+    patch, batch = _updates(query), _flag(query, "batch")
     since_raw = query.get("since")
     epoch = query.get("epoch") or None
     activities_raw = query.get("activitiesSince")
@@ -109,10 +122,16 @@ def parse_stream_request(query: Mapping[str, str]) -> StreamRequest:
     if since_raw is None:
         if epoch is not None:
             raise BadParameter("epoch", "given without since")
-        return StreamRequest(snapshot=snapshot, view=view)
+        return StreamRequest(snapshot=snapshot, view=view, patch=patch, batch=batch)
     if snapshot:
         raise BadParameter("snapshot", "cannot be combined with since")
     since = parse_seq("since", since_raw)
     return StreamRequest(
-        since=since, epoch=epoch, snapshot=False, view=view, activities_since=activities_since
+        since=since,
+        epoch=epoch,
+        snapshot=False,
+        view=view,
+        activities_since=activities_since,
+        patch=patch,
+        batch=batch,
     )
