@@ -123,6 +123,10 @@ class Subscription(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True
     repositories: list[str] | None = None
     states: list[str] | None = None
     activities: bool = False
+    updates: Literal["full", "patch"] | None = None
+    """`patch`: `updated` deltas as JSON Patch operations (absent: keep the current form)."""
+    batch: bool | None = None
+    """True: each poll's messages as one `batch` message (absent: keep the current choice)."""
 
 
 class Envelope(msgspec.Struct, frozen=True):

@@ -308,7 +308,12 @@ class WebSocketEndpoint:
             return error_result(
                 command.id, "failed_precondition", "the first poll has not completed; retry soon"
             )
-        self._hub.regroup(conn, (view, conn.key[1]))
+        variant = conn.key[1]
+        if command.updates is not None:
+            variant = replace(variant, patch=command.updates == "patch")
+        if command.batch is not None:
+            variant = replace(variant, batch=command.batch)
+        self._hub.regroup(conn, (view, variant))
         snapshot = self._snapshot(view)
         return ResultMessage(
             id=command.id,
@@ -343,6 +348,8 @@ def command_subscription(command: Subscribe) -> Subscription:
         repositories=command.repositories,
         states=command.states,
         activities=command.activities,
+        updates=command.updates,
+        batch=command.batch,
     )
 
 
