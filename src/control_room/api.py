@@ -10,12 +10,13 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from control_room import logging as logs
-from control_room.auth import bearer_auth
+from control_room.auth import Principal
 from control_room.broker.base import Broker, HistoryGone
 from control_room.metrics import Metrics
 from control_room.models import encode
 from control_room.poller import Poller
 from control_room.responses import json_error, not_ready
+from control_room.server.guard import Guard
 from control_room.store.base import StoreError
 from control_room.ws.hub import Hub
 from control_room.ws.params import BadParameter, parse_seq
@@ -40,7 +41,7 @@ class Api:
     def __init__(
         self,
         *,
-        token: str,
+        guard: Guard,
         poller: Poller,
         broker: Broker,
         hub: Hub,
@@ -48,7 +49,7 @@ class Api:
         metrics_public: bool,
         stats_extra: Callable[[], dict[str, object]] | None = None,
     ) -> None:
-        self._token = token
+        self._guard = guard
         self._poller = poller
         self._broker = broker
         self._hub = hub
@@ -72,8 +73,11 @@ class Api:
 
     def _authed(self, handler: Handler) -> Handler:
         async def guarded(request: web.Request) -> web.StreamResponse:
-            if not bearer_auth(request.headers.get("Authorization"), self._token):
-                return json_error(401, "unauthorized")
+            # Checked on every request against the tokens in force: a revoked token is
+            # refused at once. 429/401 come from the guard (Retry-After, WWW-Authenticate).
+            auth = self._guard.rest(request)
+            if not isinstance(auth, Principal):
+                return auth
             return await handler(request)
 
         return guarded

@@ -7,6 +7,7 @@ import itertools
 import time
 from typing import Final
 
+from control_room.auth import Principal
 from control_room.broker.base import Batch
 
 _ids: Final = itertools.count(1)
@@ -29,14 +30,20 @@ class Connection:
         "connected_at",
         "id",
         "messages_sent",
+        "principal",
         "remote",
         "transport",
     )
 
-    def __init__(self, transport: asyncio.Transport, remote: str) -> None:
+    def __init__(
+        self, transport: asyncio.Transport, remote: str, principal: Principal | None = None
+    ) -> None:
         self.id = next(_ids)
         self.transport = transport
         self.remote = remote
+        # Who the client authenticated as (shared, one object per token): a reload that
+        # revokes the token closes the connection; a command layer checks `read_only`.
+        self.principal = principal
         self.connected_at = time.time()
         self.alive = True
         self.messages_sent = 0

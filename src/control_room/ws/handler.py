@@ -5,15 +5,16 @@ from __future__ import annotations
 import asyncio
 from typing import Final
 
-from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
+from aiohttp import WebSocketError, WSCloseCode, WSMsgType, hdrs, web
 
 from control_room import logging as logs
-from control_room.auth import websocket_auth
+from control_room.auth import WebSocketAuth
 from control_room.broker.base import Broker, HistoryGone
 from control_room.metrics import Metrics
 from control_room.models import encode
 from control_room.poller import Poller
 from control_room.responses import json_error, not_ready
+from control_room.server.guard import Guard
 from control_room.ws.connection import Connection
 from control_room.ws.frames import text_frame
 from control_room.ws.hub import Hub
@@ -30,9 +31,10 @@ class WebSocketEndpoint:
     """Accepts clients on `/` and hands them to the hub."""
 
     def __init__(
-        self, token: str, hub: Hub, broker: Broker, poller: Poller, metrics: Metrics
+        self, guard: Guard, hub: Hub, broker: Broker, poller: Poller, metrics: Metrics
     ) -> None:
-        self._token = token
+        self._guard = guard
+        logs.drop_protocol_mismatch_warnings()
         self._hub = hub
         self._broker = broker
         self._poller = poller
@@ -40,11 +42,9 @@ class WebSocketEndpoint:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Authenticate, validate the query, upgrade, then read until the client goes."""
-        protocol = websocket_auth(request.headers.get("Sec-WebSocket-Protocol"), self._token)
-        if protocol is None:
-            self._metrics.connections_rejected.labels("unauthorized").inc()
-            log.warning("WebSocket upgrade refused", extra={"reason": "unauthorized"})
-            return json_error(401, "unauthorized")
+        auth = self._guard.websocket(request)
+        if not isinstance(auth, WebSocketAuth):
+            return auth  # 429, 403 or 401, counted and logged by the guard
         try:
             wanted = parse_stream_request(request.query, self._broker.position)
         except BadParameter as exc:
@@ -58,15 +58,20 @@ class WebSocketEndpoint:
         if transport is None:  # the client left during the handshake
             return web.Response(status=499)
         ws = web.WebSocketResponse(
-            protocols=(protocol,),
+            # The guard chose the subprotocol from every offer line (RFC 6455: one list);
+            # aiohttp would read only the first line, so it is told none and the choice is
+            # set here (its "no overlap" warning is dropped by the logging setup).
+            protocols=(),
             autoping=False,
             compress=False,  # frames are built once and shared; deflate would forbid that
             max_msg_size=MAX_CLIENT_MESSAGE_BYTES,
             timeout=HANDSHAKE_TIMEOUT_S,
         )
+        if auth.protocol is not None:
+            ws.headers[hdrs.SEC_WEBSOCKET_PROTOCOL] = auth.protocol
         await ws.prepare(request)
         peer = request.remote or "?"
-        conn = Connection(transport, peer)
+        conn = Connection(transport, peer, auth.principal)
         replay = self._attach(conn, wanted)
         self._metrics.connections_accepted.inc()
         log.info(
@@ -77,6 +82,8 @@ class WebSocketEndpoint:
             if replay is not None:
                 await self._replay(conn, replay)
             await self._read(ws, conn)
+        except ConnectionError:  # the client vanished mid-write: ordinary, no traceback
+            conn.close_reason = conn.close_reason or "connection_reset"
         except Exception:
             conn.close_reason = conn.close_reason or "error"
             log.exception("WebSocket handler failed", extra={"clientId": conn.id})
@@ -180,6 +187,10 @@ class WebSocketEndpoint:
                         "Client message too big; closed with 1009",
                         extra={"clientId": conn.id, "limit": MAX_CLIENT_MESSAGE_BYTES},
                     )
+                elif isinstance(error, WebSocketError):  # bad framing: aiohttp closed it
+                    conn.close_reason = conn.close_reason or "protocol_error"
+                elif isinstance(error, ConnectionError):
+                    conn.close_reason = conn.close_reason or "connection_reset"
                 return
             else:  # CLOSE, CLOSING, CLOSED
                 return
