@@ -199,7 +199,7 @@ def bind(host: str, port: int, *, on_shed: Callable[[int], None] | None = None) 
                 sock.bind(address)
             except OSError as exc:  # name the address, as asyncio's create_server does
                 raise OSError(
-                    exc.errno, f"cannot bind {address[0]} port {address[1]}: {exc.strerror}"
+                    exc.errno, f"cannot bind {host or '*'} port {address[1]}: {exc.strerror}"
                 ) from None
             sock.listen(LISTEN_BACKLOG)
             sock.setblocking(False)
