@@ -193,13 +193,15 @@ def bind(host: str, port: int, *, on_shed: Callable[[int], None] | None = None) 
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            bound_port: int = port
             if port == 0 and len(listeners) > 1:
-                address = (address[0], listeners[0].getsockname()[1], *address[2:])
+                bound_port = listeners[0].getsockname()[1]
+                address = (address[0], bound_port, *address[2:])
             try:
                 sock.bind(address)
             except OSError as exc:  # name the address, as asyncio's create_server does
                 raise OSError(
-                    exc.errno, f"cannot bind {host or '*'} port {address[1]}: {exc.strerror}"
+                    exc.errno, f"cannot bind {host or '*'} port {bound_port}: {exc.strerror}"
                 ) from None
             sock.listen(LISTEN_BACKLOG)
             sock.setblocking(False)
