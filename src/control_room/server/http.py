@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import msgspec
 from aiohttp import web
@@ -126,7 +126,8 @@ class Refusal(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Answer, say no more will be written, and give the client a moment to hang up."""
-        assert isinstance(transport, asyncio.Transport)
+        # uvloop's transports do not derive from asyncio.Transport, so no isinstance check.
+        transport = cast(asyncio.Transport, transport)
         transport.write(OVER_CAPACITY_RESPONSE)
         with contextlib.suppress(OSError, RuntimeError, NotImplementedError):
             transport.write_eof()
