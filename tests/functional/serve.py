@@ -151,7 +151,7 @@ def _complete(data: bytes) -> bool:
 
 def status_of(response: bytes) -> int:
     """The status code of a raw HTTP response (0 when there is none)."""
-    match = re.match(rb"HTTP/1\.[01] (\d{3})", response)
+    match = re.match(rb"HTTP/\d\.\d (\d{3})", response)
     return int(match.group(1)) if match else 0
 
 
