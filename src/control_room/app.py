@@ -60,7 +60,10 @@ async def unknown_route(request: web.Request) -> web.StreamResponse:
             allowed |= methods
     if allowed:
         return json_error(405, "method_not_allowed", allowed=sorted(allowed))
-    return json_error(404, "not_found", message=f"no route for {request.path}")
+    # The path is not repeated: whatever a client put in it (a token, by mistake) stays out.
+    return json_error(
+        404, "not_found", message="no such route: the stream is on /, the REST API under /api/"
+    )
 
 
 CATCH_ALL: Final = "/{tail:.*}"

@@ -116,6 +116,12 @@ def test_malformed_requests_never_repeat_the_token_in_the_answer_or_the_log(
     assert TOKEN not in serve.stderr
 
 
+def test_a_token_in_an_unknown_path_is_not_repeated_in_the_404(serve: Serve) -> None:
+    answer = raw_request(serve.port, b"GET /%s HTTP/1.1\r\nHost: x\r\n\r\n" % TOKEN.encode())
+    assert status_of(answer) == 404
+    assert TOKEN.encode() not in answer
+
+
 @pytest.mark.parametrize(
     "lines",
     [
