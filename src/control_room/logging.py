@@ -217,6 +217,29 @@ class Guard(logging.Filter):
         return allowed
 
 
+class Occasional:
+    """Counts repeated events and says when one more line about them is due.
+
+    `count(n)` returns how many happened since the last line when at least `interval_s`
+    has passed since it (the first call always), else None: one line per interval for a
+    condition that may last (out of descriptors, at the connection cap).
+    """
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self._pending = 0
+        self._last = float("-inf")
+
+    def count(self, n: int = 1) -> int | None:
+        """Record `n` events; the number to report now, or None."""
+        self._pending += n
+        now = time.monotonic()
+        if now - self._last < self.interval_s:
+            return None
+        self._last, reported, self._pending = now, self._pending, 0
+        return reported
+
+
 def _not_protocol_mismatch(record: logging.LogRecord) -> bool:
     return not str(record.msg).startswith("%s: Client protocols")
 

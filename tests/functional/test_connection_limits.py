@@ -168,12 +168,13 @@ def test_running_out_of_descriptors_neither_spins_nor_floods_the_log(loop: str) 
     try:
         with exhausted(serve, 120) as socks:
             assert len(socks) >= 100  # the kernel's queue takes what the service cannot
-            time.sleep(0.3)
+            time.sleep(0.2)
             size_before = len(serve.stderr)
             cpu_before = _cpu_seconds(serve.proc.pid)
-            time.sleep(1.0)
+            time.sleep(0.6)
             busy = _cpu_seconds(serve.proc.pid) - cpu_before
-            assert busy < 0.1, f"{loop}: {busy:.2f} s of CPU in 1 s while out of descriptors"
+            # Before the shedding listener, asyncio's loop used ~25 % of a core here.
+            assert busy < 0.06, f"{loop}: {busy:.2f} s of CPU in 0.6 s while out of descriptors"
             assert len(serve.stderr) - size_before < 2_000
             shed = [x for x in serve.lines() if x["msg"].startswith("Out of file descriptors")]
             assert len(shed) <= 1

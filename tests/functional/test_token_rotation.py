@@ -14,28 +14,14 @@ import pytest
 from control_room.app import Service
 from control_room.jules.simulator import Simulator, SimulatorServer
 from control_room.secret import fingerprint
-from tests.conftest import API_KEY, MS, ServiceFactory, receive_json
+from tests.conftest import API_KEY, ServiceFactory, receive_json
 from tests.functional.serve import Serve
+from tests.functional.test_lifecycle import wait_until as until
+from tests.unit.test_secret import _bump as write
 
 OLD = "old-token-0123456789abcdef"
 NEW = "new-token-0123456789abcdef"
 VIEWER = "viewer-token-0123456789"
-
-
-def write(path: Path, text: str) -> None:
-    """Rewrite a token file so its stat changes even within one mtime tick."""
-    path.write_text(text)
-    st = path.stat()
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
-
-
-async def until(predicate: object, within: float = 3000 * MS) -> None:
-    assert callable(predicate)
-    for _ in range(int(within / (5 * MS))):
-        if predicate():
-            return
-        await asyncio.sleep(5 * MS)
-    raise AssertionError("condition never became true")
 
 
 async def open_ws(

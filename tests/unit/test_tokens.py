@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import pytest
@@ -11,15 +10,10 @@ import pytest
 from control_room.auth import Principal, TokenSet
 from control_room.secret import SecretError, fingerprint
 from control_room.tokens import Tokens, token_source
+from tests.unit.test_secret import _bump as write
 
 A = "token-a-0123456789abcdef"
 B = "token-b-0123456789abcdef"
-
-
-def write(path: Path, text: str) -> None:
-    path.write_text(text)
-    st = path.stat()
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
 
 
 def test_a_reload_reports_the_new_set_and_the_revoked_principals(tmp_path: Path) -> None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from typing import Any, Final, cast
 
 import msgspec
@@ -165,9 +164,7 @@ class FrontServer(web.Server):
         self.max_connections = max_connections
         self.metrics = metrics
         self.open_connections = 0
-        self._refused = 0
-        self._refused_logged = 0
-        self._last_log = float("-inf")
+        self._refusals = logs.Occasional(REFUSAL_LOG_INTERVAL_S)
         metrics.server_connections.set_function(lambda: self.open_connections)
         metrics.server_max_connections.set(max_connections)
 
@@ -189,19 +186,13 @@ class FrontServer(web.Server):
         super().connection_lost(handler, exc)
 
     def _refuse(self) -> None:
-        self._refused += 1
         self.metrics.server_refused.labels("max_connections").inc()
-        now = time.monotonic()
-        if now - self._last_log >= REFUSAL_LOG_INTERVAL_S:
-            self._last_log = now
+        refused = self._refusals.count()
+        if refused is not None:
             log.warning(
                 "Connection limit reached; refusing new connections with 503",
-                extra={
-                    "maxConnections": self.max_connections,
-                    "refused": self._refused - self._refused_logged,
-                },
+                extra={"maxConnections": self.max_connections, "refused": refused},
             )
-            self._refused_logged = self._refused
 
 
 class FrontRunner(web.AppRunner):

@@ -19,7 +19,6 @@ import errno
 import os
 import resource
 import socket
-import time
 from collections.abc import Callable
 from typing import Final
 
@@ -108,9 +107,7 @@ class Listener(socket.socket):
         super().__init__(family, type, proto, fileno)
         self.on_shed: Callable[[int], None] | None = None
         self._spare: int | None = _open_spare()
-        self._shed_total = 0
-        self._shed_logged = 0
-        self._last_log = float("-inf")
+        self._sheds = logs.Occasional(EMFILE_LOG_INTERVAL_S)
 
     def accept(self) -> tuple[socket.socket, object]:
         """`socket.accept`; on EMFILE/ENFILE, shed the queue and raise BlockingIOError."""
@@ -142,21 +139,18 @@ class Listener(socket.socket):
             if self._spare is None:
                 break
         self._spare = self._spare if self._spare is not None else _open_spare()
-        self._shed_total += shed
         if self.on_shed is not None and shed:
             self.on_shed(shed)
-        now = time.monotonic()
-        if now - self._last_log >= EMFILE_LOG_INTERVAL_S:
-            self._last_log = now
+        reported = self._sheds.count(shed)
+        if reported is not None:
             log.warning(
                 "Out of file descriptors; refusing new connections",
                 extra={
                     "error": errno.errorcode.get(code, str(code)),
-                    "shed": self._shed_total - self._shed_logged,
+                    "shed": reported,
                     "fileLimit": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
                 },
             )
-            self._shed_logged = self._shed_total
 
     def close(self) -> None:
         """Close the socket and its spare descriptor."""
