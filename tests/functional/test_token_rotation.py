@@ -10,6 +10,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from control_room.app import Service
 from control_room.jules.simulator import Simulator, SimulatorServer
@@ -154,3 +155,26 @@ async def test_sighup_rereads_the_token_file_of_a_real_serve(
     finally:
         assert serve.stop() == 0
     assert OLD not in serve.stderr and NEW not in serve.stderr
+
+
+async def test_a_token_revoked_during_the_handshake_is_closed_as_soon_as_it_opens(
+    make_service: ServiceFactory,
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    tokens = tmp_path / "tokens"
+    write(tokens, f"{OLD}\n{NEW}\n")
+    service = await make_service(local_token="", local_token_file=tokens)
+    prepare = web.WebSocketResponse.prepare
+
+    async def revoking_prepare(self: web.WebSocketResponse, request: web.BaseRequest) -> object:
+        write(tokens, f"{NEW}\n")
+        service.reload_secrets()  # the reload lands while the 101 is being written
+        return await prepare(self, request)
+
+    monkeypatch.setattr(web.WebSocketResponse, "prepare", revoking_prepare)
+    ws = await open_ws(http, service, OLD)
+    closed = await asyncio.wait_for(ws.receive(), 2)
+    assert (closed.data, closed.extra) == (4001, "token_revoked")
+    assert len(service.hub) == 0

@@ -89,6 +89,10 @@ class Guard:
         )
         return self._unauthorized(request, "websocket", presented, misplaced)
 
+    def valid(self, principal: Principal) -> bool:
+        """True while `principal`'s token is still in force (a reload may have removed it)."""
+        return principal in self._tokens.current
+
     def rest(self, request: web.Request) -> Principal | web.Response:
         """Authenticate a REST request by its bearer header, or the 429/401 refusing it."""
         throttled = self._throttled(request, "rest")

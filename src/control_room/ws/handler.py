@@ -16,8 +16,8 @@ from control_room.poller import Poller
 from control_room.responses import json_error, not_ready
 from control_room.server.guard import Guard
 from control_room.ws.connection import Connection
-from control_room.ws.frames import text_frame
-from control_room.ws.hub import Hub
+from control_room.ws.frames import close_frame, text_frame
+from control_room.ws.hub import TOKEN_REVOKED, Hub
 from control_room.ws.params import BadParameter, StreamRequest, parse_stream_request
 
 MAX_CLIENT_MESSAGE_BYTES: Final = 64 * 1024  # clients send nothing yet; 64 KiB is generous
@@ -72,6 +72,10 @@ class WebSocketEndpoint:
         await ws.prepare(request)
         peer = request.remote or "?"
         conn = Connection(transport, peer, auth.principal)
+        if not self._guard.valid(auth.principal):  # revoked while the 101 was being sent
+            conn.close(close_frame(TOKEN_REVOKED, "token_revoked"), "token_revoked")
+            self._metrics.connections_closed.labels("token_revoked").inc()
+            return ws
         replay = self._attach(conn, wanted)
         self._metrics.connections_accepted.inc()
         log.info(
