@@ -63,7 +63,7 @@ async def test_past_the_cap_new_clients_get_503_and_existing_ones_keep_their_del
 
 @pytest.fixture
 def short_head_deadline(monkeypatch: pytest.MonkeyPatch) -> float:
-    deadline = 300 * MS
+    deadline = 200 * MS
     monkeypatch.setattr(front, "REQUEST_HEAD_TIMEOUT_S", deadline)
     return deadline
 
@@ -108,7 +108,7 @@ async def test_an_upgraded_client_outlives_the_head_deadline(
     assert service.poller is not None
     async with aiohttp.ClientSession() as http:
         ws = await http.ws_connect(service.ws_url, protocols=(f"bearer.{TOKEN}",))
-        await asyncio.sleep(3 * short_head_deadline)
+        await asyncio.sleep(2.5 * short_head_deadline)
         created = sim.create()
         await service.poller.poll_once()
         assert (await receive_json(ws))["sessionId"] == created["id"]
