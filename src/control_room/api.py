@@ -11,7 +11,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from control_room import logging as logs
-from control_room.auth import bearer_auth
+from control_room.auth import Principal
 from control_room.broker.base import Broker, HistoryGone
 from control_room.commands import Caller, Commands
 from control_room.health import STORE_UNAVAILABLE
@@ -22,6 +22,7 @@ from control_room.metrics import Metrics
 from control_room.models import encode
 from control_room.poller import Poller
 from control_room.responses import json_error, not_ready
+from control_room.server.guard import Guard
 from control_room.store.base import StoreError
 from control_room.ws.hub import Hub
 from control_room.ws.params import AHEAD_OF_SERVER, BadParameter, parse_seq
@@ -29,6 +30,7 @@ from control_room.ws.params import AHEAD_OF_SERVER, BadParameter, parse_seq
 RETRY_STORE_S: Final = 5  # a store outage is retried by the poller each interval, too
 MAX_DELTAS_PER_PAGE: Final = 1_000  # one response stays a few MB at most
 JSON: Final = "application/json"
+PRINCIPAL: Final = web.RequestKey("principal", Principal)  # who a request is, for commands
 SESSION_ACTIONS: Final = {
     "approvePlan": "approvePlan",
     "sendMessage": "sendMessage",
@@ -69,7 +71,7 @@ class Api:
     def __init__(
         self,
         *,
-        token: str,
+        guard: Guard,
         poller: Poller,
         broker: Broker,
         hub: Hub,
@@ -81,7 +83,7 @@ class Api:
     ) -> None:
         self._commands = commands
         self._sources = sources
-        self._token = token
+        self._guard = guard
         self._poller = poller
         self._broker = broker
         self._hub = hub
@@ -110,8 +112,12 @@ class Api:
 
     def _authed(self, handler: Handler) -> Handler:
         async def guarded(request: web.Request) -> web.StreamResponse:
-            if not bearer_auth(request.headers.get("Authorization"), self._token):
-                return json_error(401, "unauthorized")
+            # Checked on every request against the tokens in force: a revoked token is
+            # refused at once. 429/401 come from the guard (Retry-After, WWW-Authenticate).
+            auth = self._guard.rest(request)
+            if not isinstance(auth, Principal):
+                return auth
+            request[PRINCIPAL] = auth  # commands check its rights
             return await handler(request)
 
         return guarded
@@ -139,7 +145,9 @@ class Api:
     async def _run(self, request: web.Request, command: Command) -> web.StreamResponse:
         if self._commands is None:
             return json_error(503, "commands_unavailable", message="no upstream to send to")
-        result = await self._commands.run(Caller(read_only=False, name="rest"), command)
+        principal = request[PRINCIPAL]
+        caller = Caller(read_only=principal.read_only, name=f"rest {principal.fingerprint}")
+        result = await self._commands.run(caller, command)
         if result.error is not None:
             status = ERROR_STATUS.get(result.error.code, 400)
             return json_error(status, result.error.code, message=result.error.message)

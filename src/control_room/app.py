@@ -12,6 +12,7 @@ from aiohttp import web
 
 from control_room import logging as logs
 from control_room.api import Api
+from control_room.auth import Principal, TokenSet
 from control_room.broker.memory import MemoryBroker
 from control_room.commands import Commands
 from control_room.config import ConfigError, Settings
@@ -24,10 +25,21 @@ from control_room.poller import Poller, Upstream
 from control_room.responses import json_error
 from control_room.secret import Reloadable, SecretError, SecretSource, parse_single, reload_all
 from control_room.secret import watch as watch_secrets
+from control_room.server.guard import Guard
+from control_room.server.headers import add_security_headers
+from control_room.server.http import FrontRunner
+from control_room.server.listener import (
+    LISTEN_BACKLOG,
+    bind,
+    default_max_connections,
+    raise_file_limit,
+)
+from control_room.server.origin import OriginPolicy
 from control_room.state import State
 from control_room.store import create_store, prune_forever
 from control_room.store.base import Store
 from control_room.tasks import cancel_and_wait
+from control_room.tokens import Tokens
 from control_room.ws.handler import WebSocketEndpoint
 from control_room.ws.hub import Hub
 
@@ -52,7 +64,10 @@ async def unknown_route(request: web.Request) -> web.StreamResponse:
             allowed |= methods
     if allowed:
         return json_error(405, "method_not_allowed", allowed=sorted(allowed))
-    return json_error(404, "not_found", message=f"no route for {request.path}")
+    # The path is not repeated: whatever a client put in it (a token, by mistake) stays out.
+    return json_error(
+        404, "not_found", message="no such route: the stream is on /, the REST API under /api/"
+    )
 
 
 CATCH_ALL: Final = "/{tail:.*}"
@@ -108,6 +123,15 @@ class Service:
         self.port = 0
         # Secrets that may be rotated while running (files), re-read on change and SIGHUP.
         self.secrets: list[Reloadable] = []
+        # The client tokens; a reload that removes one closes its clients at once.
+        self.tokens = Tokens.from_settings(settings)
+        self.secrets.extend(self.tokens.reloadables)
+        logs.add_secrets(self.tokens.values())
+        self.tokens.add_listener(self._tokens_changed)
+        self.guard = Guard(
+            self.tokens, self.metrics, origins=OriginPolicy(settings.allowed_origins)
+        )
+        self.max_connections = 0
 
     @property
     def url(self) -> str:
@@ -165,7 +189,7 @@ class Service:
             actions = JulesActions(self._http, s.jules_api_base, jules_key)
             commands = Commands(actions, poller.refresh, lambda sid: self.state.sessions.get(sid))
         api = Api(
-            token=s.local_token,
+            guard=self.guard,
             poller=poller,
             broker=self.broker,
             hub=self.hub,
@@ -176,7 +200,7 @@ class Service:
             sources=actions.list_sources if actions is not None else None,
         )
         endpoint = WebSocketEndpoint(
-            s.local_token, self.hub, self.broker, self.state, self.metrics, commands
+            self.guard, self.hub, self.broker, self.state, self.metrics, commands
         )
 
         async def root(request: web.Request) -> web.StreamResponse:
@@ -188,39 +212,58 @@ class Service:
             return web.FileResponse(index, headers={"Cache-Control": "no-cache"})
 
         app = web.Application()
+        app.on_response_prepare.append(add_security_headers)
         app.router.add_get("/", root)
         app.router.add_routes(api.routes())
         if STATIC_DIR.is_dir():
             app.router.add_static("/static/", STATIC_DIR, append_version=False)
         app.router.add_route("*", CATCH_ALL, unknown_route)
-        self._runner = web.AppRunner(
-            app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE_S
+        file_limit = raise_file_limit()
+        self.max_connections = s.max_connections or default_max_connections(file_limit)
+        shed = self.metrics.server_refused.labels("no_file_descriptors")
+        listeners = bind(s.host, s.port, on_shed=shed.inc)
+        self._runner = FrontRunner(
+            app,
+            max_connections=self.max_connections,
+            metrics=self.metrics,
+            shutdown_timeout=SHUTDOWN_GRACE_S,
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, s.host, s.port, reuse_address=True)
-        await site.start()
-        # asyncio's Server and uvloop's (a different class) both expose `sockets`.
-        sockets = getattr(site._server, "sockets", None)
-        assert sockets, "the site has no listening socket"
-        self.port = sockets[0].getsockname()[1]
+        for sock in listeners:
+            await web.SockSite(self._runner, sock, backlog=LISTEN_BACKLOG).start()
+        self.port = listeners[0].getsockname()[1]
         self._tasks = [
             asyncio.create_task(poller.run(), name="poller"),
             asyncio.create_task(self.hub.run_heartbeat(s.heartbeat_interval), name="heartbeat"),
-            asyncio.create_task(watch_secrets(self.secrets), name="secrets"),
         ]
         if self.store is not None:
             self._tasks.append(
                 asyncio.create_task(prune_forever(self.store, s.delta_retention), name="prune")
             )
+        if self.secrets:
+            self._tasks.append(asyncio.create_task(watch_secrets(self.secrets), name="secrets"))
         log.info(
             "Service listening",
-            extra={"host": s.host, "port": self.port, "upstream": s.jules_api_base},
+            extra={
+                "host": s.host,
+                "port": self.port,
+                "upstream": logs.redact_url(s.jules_api_base),
+                "maxConnections": self.max_connections,
+                "fileLimit": file_limit,
+            },
         )
 
     def reload_secrets(self) -> None:
         """Re-read every secret file now (SIGHUP), whether or not its stat changed."""
         changed = reload_all(self.secrets, force=True)
         log.info("Secrets reloaded", extra={"changed": changed})
+
+    def _tokens_changed(self, tokens: TokenSet, revoked: frozenset[Principal]) -> None:
+        """A token file changed: never log the new tokens; close clients of removed ones."""
+        logs.add_secrets(self.tokens.values())
+        if revoked:
+            self.metrics.token_revocations.inc(len(revoked))
+            self.hub.revoke(tokens)
 
     def _notifier(self) -> Notifier | None:
         """Webhook delivery when NOTIFY_WEBHOOK is set; its outbox is the store, if any."""

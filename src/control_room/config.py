@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Final, TypeVar
 from urllib.parse import urlsplit
 
-from control_room.secret import SecretError, SecretSource, parse_single
+from control_room.auth import parse_tokens
+from control_room.secret import MAX_SECRET_FILE_BYTES, SecretError, SecretSource, parse_single
 from control_room.signing import BadSecret, secret_key
 
 DEFAULT_PORT: Final = 3001
@@ -52,6 +53,11 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
     local_token: str = field(default="", repr=False)
+    local_token_file: Path | None = None
+    local_readonly_token: str = field(default="", repr=False)
+    local_readonly_token_file: Path | None = None
+    max_connections: int = 0  # 0: derived from the file limit at start-up
+    allowed_origins: tuple[str, ...] = ()  # empty: the service's own origin only
     jules_api_key: str = field(default="", repr=False)
     jules_api_key_file: Path | None = None  # instead of jules_api_key: re-read when it changes
     jules_api_base: str = DEFAULT_JULES_API_BASE
@@ -145,6 +151,65 @@ def _duration(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def _token_file(env: Mapping[str, str], variable: str, problems: _Problems) -> Path | None:
+    """`<variable>_FILE` as a path after checking both forms' tokens; problems are noted.
+
+    Setting both the variable and its file is a problem; so is a token browsers could not
+    send (outside the RFC 7230 token set). The file is read here only to report problems
+    at start-up with the others; the service reads (and watches) it again.
+    """
+    value = env.get(variable, "")
+    file_variable = f"{variable}_FILE"
+    raw_path = env.get(file_variable, "").strip()
+    if value.strip():
+        try:
+            parse_tokens(value)
+        except ValueError as exc:
+            problems.add(variable, str(exc))
+    if not raw_path:
+        return None
+    path = Path(raw_path)
+    if value:
+        problems.add(file_variable, f"set {variable} or {file_variable}, not both")
+    try:
+        if path.stat().st_size > MAX_SECRET_FILE_BYTES:
+            problems.add(file_variable, f"{path} is too large for a token file")
+            return path
+        parse_tokens(path.read_text(encoding="utf-8"), lines=True)
+    except OSError as exc:
+        problems.add(file_variable, f"cannot read {path}: {exc.strerror}")
+    except UnicodeDecodeError:
+        problems.add(file_variable, f"{path} is not UTF-8 text")
+    except ValueError as exc:
+        problems.add(file_variable, str(exc))
+    return path
+
+
+def _origins(raw: str) -> tuple[str, ...]:
+    """`ALLOWED_ORIGINS`: `scheme://host[:port]` entries, or `*` for any origin."""
+    origins: list[str] = []
+    for entry in (e.strip() for e in raw.split(",")):
+        if not entry:
+            continue
+        if entry == "*":
+            origins.append(entry)
+            continue
+        parts = urlsplit(entry)
+        if (
+            parts.scheme not in ("http", "https")
+            or not parts.hostname
+            or parts.path not in ("", "/")
+            or parts.query
+            or parts.username
+        ):
+            raise ConfigError(
+                "ALLOWED_ORIGINS",
+                f"expected origins like https://example.com:8443 (or *), got {entry!r}",
+            )
+        origins.append(f"{parts.scheme}://{parts.netloc.lower()}")
+    return tuple(origins)
+
+
 class _Problems:
     """Collects every ConfigError of one `load`, so all are reported together."""
 
@@ -206,9 +271,14 @@ def load(
     check = problems.check
 
     token = env.get("LOCAL_TOKEN", "")
+    token_file = _token_file(env, "LOCAL_TOKEN", problems)
+    readonly_file = _token_file(env, "LOCAL_READONLY_TOKEN", problems)
     key = env.get("JULES_API_KEY", "")
-    if require_upstream and not token:
-        problems.add("LOCAL_TOKEN", "required: the bearer token clients must present")
+    if require_upstream and not token and token_file is None:
+        problems.add(
+            "LOCAL_TOKEN",
+            "required (or LOCAL_TOKEN_FILE): the bearer token(s) clients must present",
+        )
     key_file = _jules_key_file(env, key, problems, required=require_upstream)
     no_webhooks: tuple[str, ...] = ()
     webhooks = check(
@@ -232,6 +302,11 @@ def load(
         host=env.get("HOST", "").strip() or "127.0.0.1",
         port=check(lambda: _int(env, "PORT", DEFAULT_PORT, minimum=0), DEFAULT_PORT),
         local_token=token,
+        local_token_file=token_file,
+        local_readonly_token=env.get("LOCAL_READONLY_TOKEN", ""),
+        local_readonly_token_file=readonly_file,
+        max_connections=check(lambda: _int(env, "MAX_CONNECTIONS", 0), 0),
+        allowed_origins=check(lambda: _origins(env.get("ALLOWED_ORIGINS", "")), ()),
         jules_api_key=key,
         jules_api_key_file=key_file,
         jules_api_base=check(

@@ -18,7 +18,14 @@ CLOSE_REASONS: Final = (
     "shutdown",
     "error",
     "command_flood",
+    "connection_reset",
+    "protocol_error",
+    "token_revoked",
 )
+REJECT_REASONS: Final = ("unauthorized", "throttled", "forbidden_origin", "bad_request")
+"""Why an upgrade was refused before the handshake, exported at zero from the start."""
+AUTH_TRANSPORTS: Final = ("websocket", "rest")
+SERVER_REFUSALS: Final = ("max_connections", "no_file_descriptors")
 POLL_FAILURE_KINDS: Final = (
     "timeout",
     "network",
@@ -175,8 +182,45 @@ class Metrics:
             "Age of the oldest delivery still waiting",
             registry=r,
         )
+        self.auth_failures = Counter(
+            p + "auth_failures",
+            "Requests refused for a missing or wrong token",
+            ["transport"],
+            registry=r,
+        )
+        self.auth_throttled = Counter(
+            p + "auth_throttled",
+            "Requests answered 429 because their address failed too often",
+            ["transport"],
+            registry=r,
+        )
+        self.token_revocations = Counter(
+            p + "token_revocations", "Tokens removed by a reload of the token file", registry=r
+        )
+        self.server_connections = Gauge(
+            p + "server_connections", "Open TCP connections (HTTP and WebSocket)", registry=r
+        )
+        self.server_max_connections = Gauge(
+            p + "server_max_connections", "The connection cap (MAX_CONNECTIONS)", registry=r
+        )
+        self.server_refused = Counter(
+            p + "server_refused_connections",
+            "TCP connections answered 503 at once: over the cap, or out of descriptors",
+            ["reason"],
+            registry=r,
+        )
+        self.http_bad_requests = Counter(
+            p + "http_bad_requests", "Malformed HTTP requests answered 400", registry=r
+        )
         for reason in CLOSE_REASONS:
             self.connections_closed.labels(reason)
+        for reason in REJECT_REASONS:
+            self.connections_rejected.labels(reason)
+        for transport in AUTH_TRANSPORTS:
+            self.auth_failures.labels(transport)
+            self.auth_throttled.labels(transport)
+        for reason in SERVER_REFUSALS:
+            self.server_refused.labels(reason)
         for kind in ("created", "updated", "deleted"):
             self.deltas_published.labels(kind)
         for kind in POLL_FAILURE_KINDS:

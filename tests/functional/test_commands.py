@@ -168,3 +168,27 @@ async def test_rest_commands_run_the_same_code(
         assert resp.status == 400
     async with http.post(f"{url}/{created['id']}:sendMessage", json={"prompt": "hi"}) as resp:
         assert resp.status == 401  # commands need the token like everything else
+
+
+async def test_a_read_only_token_reads_and_subscribes_but_its_commands_are_forbidden(
+    http: aiohttp.ClientSession, make_service: Any, sim: Simulator
+) -> None:
+    waiting = sim.create(state="AWAITING_PLAN_APPROVAL")
+    service: Service = await make_service(local_readonly_token="viewer-token-0123456789")
+    ws = await http.ws_connect(
+        service.ws_url, protocols=("control-room.v1", "bearer.viewer-token-0123456789")
+    )
+    await ws.send_json({"type": "subscribe", "id": 1, "states": ["AWAITING_PLAN_APPROVAL"]})
+    result, _ = await until_result(ws, 1)
+    assert result["ok"] is True
+    await ws.send_json({"type": "approvePlan", "id": 2, "sessionId": waiting["id"]})
+    result, _ = await until_result(ws, 2)
+    assert (result["ok"], result["error"]["code"]) == (False, "forbidden")
+    viewer = {"Authorization": "Bearer viewer-token-0123456789"}
+    url = f"{service.url}/api/sessions/{waiting['id']}:approvePlan"
+    async with http.post(url, headers=viewer) as resp:
+        assert resp.status == 403
+        assert (await resp.json())["error"] == "forbidden"
+    async with http.get(service.url + "/api/sessions", headers=viewer) as resp:
+        assert resp.status == 200
+    assert sim.get(waiting["id"])["state"] == "AWAITING_PLAN_APPROVAL"  # nothing reached Jules

@@ -20,7 +20,11 @@ async def test_api_needs_the_bearer_token(
     headers = {"Authorization": header} if header else {}
     async with http.get(service.url + path, headers=headers) as resp:
         assert resp.status == 401
-        assert await resp.json() == {"error": "unauthorized"}
+        assert resp.headers["WWW-Authenticate"].startswith("Bearer")
+        body = await resp.json()
+        assert body["error"] == "unauthorized"
+        assert "Authorization: Bearer <token>" in body["message"] or "not valid" in body["message"]
+        assert TOKEN not in await resp.text()
 
 
 async def test_one_session_by_id_and_404_json_when_unknown(

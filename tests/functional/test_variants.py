@@ -61,8 +61,7 @@ async def test_subscribe_switches_to_patch_and_batch(
             "updates": "patch",
             "batch": True,
         }
-        or result["subscription"] == {"updates": "patch", "batch": True}
-    )
+    ) or result["subscription"] == {"updates": "patch", "batch": True}
     sim.set_state(session["id"], "PLANNING")
     await service.poller.poll_once()
     message = await receive_json(ws)

@@ -48,7 +48,10 @@ async def test_missing_or_wrong_token_gets_401_json_and_no_upgrade(
         headers["Sec-WebSocket-Protocol"] = ", ".join(protocols)
     async with http.get(service.url + "/", headers=headers) as resp:
         assert resp.status == 401
-        assert await resp.json() == {"error": "unauthorized"}
+        body = await resp.json()
+        assert body["error"] == "unauthorized"
+        assert "bearer.<token>" in body["message"] or "not valid" in body["message"]
+        assert TOKEN not in await resp.text()
     assert len(service.hub) == 0
 
 

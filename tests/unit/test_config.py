@@ -130,3 +130,83 @@ def test_a_bad_jules_key_file_is_named(
     assert says in problem
     assert "from-a-file" not in str(err.value)
     assert [v for v, _ in err.value.problems] == ["JULES_API_KEY_FILE", "PORT"]  # all at once
+
+
+def test_several_tokens_and_a_read_only_list_are_accepted() -> None:
+    s = load(
+        {**REQUIRED, "LOCAL_TOKEN": "first-token, second.token", "LOCAL_READONLY_TOKEN": "ro"},
+        dotenv=None,
+    )
+    assert (s.local_token, s.local_readonly_token) == ("first-token, second.token", "ro")
+
+
+@pytest.mark.parametrize("value", ["Zm9v/YmFy+YmF6==", "ok-token,with space", "a;b", "tøken"])
+def test_a_token_browsers_cannot_send_is_refused_without_repeating_it(value: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load({**REQUIRED, "LOCAL_TOKEN": value}, dotenv=None)
+    assert err.value.variable == "LOCAL_TOKEN"
+    assert "RFC 7230" in str(err.value) and "!#$%&'*+-.^_`|~" in str(err.value)
+    assert value not in str(err.value)
+
+
+def test_token_files_are_read_and_checked_at_start_up(tmp_path: Path) -> None:
+    good = tmp_path / "tokens"
+    good.write_text("# comment\none-token\n\ntwo-token\n")
+    s = load({"JULES_API_KEY": "k", "LOCAL_TOKEN_FILE": str(good)}, dotenv=None)
+    assert (s.local_token, s.local_token_file) == ("", good)
+    bad = tmp_path / "bad"
+    bad.write_text("fine\nnot/fine\n")
+    problems = {
+        "LOCAL_TOKEN_FILE": str(bad),
+        "LOCAL_READONLY_TOKEN_FILE": str(tmp_path / "missing"),
+        "LOCAL_TOKEN": "also-set",
+    }
+    with pytest.raises(ConfigError) as err:
+        load({"JULES_API_KEY": "k", **problems}, dotenv=None)
+    found = err.value.problems
+    file_problems = [p for v, p in found if v == "LOCAL_TOKEN_FILE"]
+    assert len(file_problems) == 2
+    assert "set LOCAL_TOKEN or LOCAL_TOKEN_FILE, not both" in file_problems
+    assert any(p.startswith("token 2 of 2 holds a character") for p in file_problems)
+    assert any(v == "LOCAL_READONLY_TOKEN_FILE" and "cannot read" in p for v, p in found)
+
+
+def test_connection_cap_and_origins() -> None:
+    s = load(
+        {
+            **REQUIRED,
+            "MAX_CONNECTIONS": "500",
+            "ALLOWED_ORIGINS": "https://Dash.example, http://localhost:8080",
+        },
+        dotenv=None,
+    )
+    assert s.max_connections == 500
+    assert s.allowed_origins == ("https://dash.example", "http://localhost:8080")
+    assert load(REQUIRED, dotenv=None).max_connections == 0  # derived at start-up
+    for name, value in [("MAX_CONNECTIONS", "0"), ("ALLOWED_ORIGINS", "https://a.example/path")]:
+        with pytest.raises(ConfigError) as err:
+            load({**REQUIRED, name: value}, dotenv=None)
+        assert err.value.variable == name
+
+
+def test_serve_stops_with_exit_2_naming_the_token_variable_and_the_allowed_set(
+    tmp_path: Path,
+) -> None:
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "LOCAL_TOKEN": "Zm9v/YmFy+YmF6==",
+        "JULES_API_KEY": "k",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "control_room.cli", "serve"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 2
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("control-room: configuration error: LOCAL_TOKEN: ")
+    assert "letters, digits and !#$%&'*+-.^_`|~" in line
+    assert "Zm9v" not in line

@@ -7,6 +7,7 @@ import itertools
 import time
 from typing import Final
 
+from control_room.auth import Principal
 from control_room.broker.base import Batch, Channel
 from control_room.views import DEFAULT_VIEW
 from control_room.ws.prepared import PLAIN, Key, batch_frames, batch_frames_after
@@ -32,16 +33,26 @@ class Connection:
         "id",
         "key",
         "messages_sent",
+        "principal",
         "remote",
         "transport",
     )
 
-    def __init__(self, transport: asyncio.Transport, remote: str, key: Key | None = None) -> None:
+    def __init__(
+        self,
+        transport: asyncio.Transport,
+        remote: str,
+        principal: Principal | None = None,
+        key: Key | None = None,
+    ) -> None:
         self.id = next(_ids)
         self.key: Key = key or (DEFAULT_VIEW, PLAIN)
         """The view and wire variant: which shared frames this client is written."""
         self.transport = transport
         self.remote = remote
+        # Who the client authenticated as (shared, one object per token): a reload that
+        # revokes the token closes the connection; a command layer checks `read_only`.
+        self.principal = principal
         self.connected_at = time.time()
         self.alive = True
         self.messages_sent = 0

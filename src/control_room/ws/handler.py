@@ -7,10 +7,10 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Final
 
-from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
+from aiohttp import WebSocketError, WSCloseCode, WSMsgType, hdrs, web
 
 from control_room import logging as logs
-from control_room.auth import websocket_auth
+from control_room.auth import WebSocketAuth
 from control_room.broker.base import ACTIVITIES, SESSIONS, Broker, Channel, Entry, HistoryGone
 from control_room.commands import Caller, Commands, error_result
 from control_room.messages import (
@@ -25,12 +25,13 @@ from control_room.messages import (
 from control_room.metrics import Metrics
 from control_room.models import encode
 from control_room.responses import json_error, not_ready
+from control_room.server.guard import Guard
 from control_room.state import State
 from control_room.tasks import cancel_and_wait
 from control_room.views import BadFilter, View
 from control_room.ws.connection import Connection
 from control_room.ws.frames import close_frame
-from control_room.ws.hub import Hub
+from control_room.ws.hub import TOKEN_REVOKED, Hub
 from control_room.ws.params import (
     AHEAD_OF_SERVER,
     BadParameter,
@@ -88,14 +89,15 @@ class WebSocketEndpoint:
 
     def __init__(
         self,
-        token: str,
+        guard: Guard,
         hub: Hub,
         broker: Broker,
         state: State,
         metrics: Metrics,
         commands: Commands | None = None,
     ) -> None:
-        self._token = token
+        self._guard = guard
+        logs.drop_protocol_mismatch_warnings()
         self._hub = hub
         self._broker = broker
         self._state = state
@@ -104,11 +106,9 @@ class WebSocketEndpoint:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Authenticate, validate the query, upgrade, then read until the client goes."""
-        protocol = websocket_auth(request.headers.get("Sec-WebSocket-Protocol"), self._token)
-        if protocol is None:
-            self._metrics.connections_rejected.labels("unauthorized").inc()
-            log.warning("WebSocket upgrade refused", extra={"reason": "unauthorized"})
-            return json_error(401, "unauthorized")
+        auth = self._guard.websocket(request)
+        if not isinstance(auth, WebSocketAuth):
+            return auth  # 429, 403 or 401, counted and logged by the guard
         try:
             wanted = parse_stream_request(request.query)
         except BadParameter as exc:
@@ -122,15 +122,24 @@ class WebSocketEndpoint:
         if transport is None:  # the client left during the handshake
             return web.Response(status=499)
         ws = web.WebSocketResponse(
-            protocols=(protocol,),
+            # The guard chose the subprotocol from every offer line (RFC 6455: one list);
+            # aiohttp would read only the first line, so it is told none and the choice is
+            # set here (its "no overlap" warning is dropped by the logging setup).
+            protocols=(),
             autoping=False,
             compress=False,  # frames are built once and shared; deflate would forbid that
             max_msg_size=MAX_CLIENT_MESSAGE_BYTES,
             timeout=HANDSHAKE_TIMEOUT_S,
         )
+        if auth.protocol is not None:
+            ws.headers[hdrs.SEC_WEBSOCKET_PROTOCOL] = auth.protocol
         await ws.prepare(request)
         peer = request.remote or "?"
-        conn = Connection(transport, peer, key=(wanted.view, conn_variant(wanted)))
+        conn = Connection(transport, peer, auth.principal, key=(wanted.view, conn_variant(wanted)))
+        if not self._guard.valid(auth.principal):  # revoked while the 101 was being sent
+            conn.close(close_frame(TOKEN_REVOKED, "token_revoked"), "token_revoked")
+            self._metrics.connections_closed.labels("token_revoked").inc()
+            return ws
         catch_up = self._attach(conn, wanted)
         self._metrics.connections_accepted.inc()
         log.info(
@@ -142,6 +151,8 @@ class WebSocketEndpoint:
             if catch_up is not None:
                 await self._catch_up(conn, catch_up)
             await session.read(ws)
+        except ConnectionError:  # the client vanished mid-write: ordinary, no traceback
+            conn.close_reason = conn.close_reason or "connection_reset"
         except Exception:
             conn.close_reason = conn.close_reason or "error"
             log.exception("WebSocket handler failed", extra={"clientId": conn.id})
@@ -362,8 +373,9 @@ class _ClientSession:
         self._bucket = _Bucket(COMMAND_RATE_PER_S, COMMAND_BURST)
         self._refused = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        principal = conn.principal
         self._caller = Caller(
-            read_only=False,
+            read_only=principal.read_only if principal is not None else True,
             subscribe=lambda command: endpoint.subscribe(conn, command),
             name=f"client {conn.id}",
         )
@@ -391,6 +403,10 @@ class _ClientSession:
                         "Client message too big; closed with 1009",
                         extra={"clientId": conn.id, "limit": MAX_CLIENT_MESSAGE_BYTES},
                     )
+                elif isinstance(error, WebSocketError):  # bad framing: aiohttp closed it
+                    conn.close_reason = conn.close_reason or "protocol_error"
+                elif isinstance(error, ConnectionError):
+                    conn.close_reason = conn.close_reason or "connection_reset"
                 return
             else:  # CLOSE, CLOSING, CLOSED
                 return

@@ -8,6 +8,7 @@ import time
 from typing import Final
 
 from control_room import logging as logs
+from control_room.auth import TokenSet
 from control_room.broker.base import Batch
 from control_room.metrics import Metrics
 from control_room.ws.connection import Connection
@@ -15,6 +16,8 @@ from control_room.ws.frames import PING_FRAME, close_frame
 from control_room.ws.prepared import Key, batch_frames
 
 GOING_AWAY: Final = 1001
+TOKEN_REVOKED: Final = 4001
+"""Close code for a client whose token a reload removed (4000-4999: application codes)."""
 
 log = logs.get("ws")
 
@@ -162,6 +165,28 @@ class Hub:
         while True:
             await asyncio.sleep(interval)
             self.heartbeat()
+
+    def revoke(self, valid: TokenSet) -> int:
+        """Close (4001 `token_revoked`) every client whose principal is not in `valid`.
+
+        Clients of the remaining tokens are untouched. Returns how many were closed; one
+        warning line per revoked token, naming its fingerprint and count.
+        """
+        frame = close_frame(TOKEN_REVOKED, "token_revoked")
+        closed: dict[str, int] = {}
+        for conn in list(self.connections.values()):
+            principal = conn.principal
+            if principal is None or principal in valid:
+                continue
+            conn.close(frame, "token_revoked")
+            self.remove(conn)
+            closed[principal.fingerprint] = closed.get(principal.fingerprint, 0) + 1
+        for fingerprint, count in closed.items():
+            log.warning(
+                "Closed clients of a revoked token",
+                extra={"fingerprint": fingerprint, "clientCount": count, "code": TOKEN_REVOKED},
+            )
+        return sum(closed.values())
 
     def close_all(self, code: int = GOING_AWAY, reason: str = "server shutting down") -> None:
         """Say goodbye to every client with a close frame (1001 on shutdown)."""

@@ -1,0 +1,1 @@
+"""The HTTP front door: listening sockets, connection cap, deadlines, throttling, origins."""
