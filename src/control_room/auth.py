@@ -20,6 +20,9 @@ from control_room.secret import fingerprint
 
 BEARER_PREFIX: Final = "bearer."
 APP_PROTOCOL: Final = "control-room.v1"
+MSGPACK_PROTOCOL: Final = "control-room.v1+msgpack"
+"""The same messages as MessagePack in binary frames (issue 13)."""
+APP_PROTOCOLS: Final = (APP_PROTOCOL, MSGPACK_PROTOCOL)
 """Offered alongside the bearer entry by clients that want a token-free protocol echoed."""
 
 TCHARS: Final = frozenset("!#$%&'*+-.^_`|~" + string.digits + string.ascii_letters)
@@ -189,10 +192,11 @@ def websocket_auth(
 
     One credential is checked per request, so a client cannot try several guesses in one
     upgrade. The prefix is case-insensitive and the token is everything after the first
-    `bearer.`, dots included. `control-room.v1` is selected when offered, so the token is
-    not echoed back; otherwise the bearer entry itself is, because browsers fail a
-    handshake that offered protocols and got none selected. With the token in the
-    `Authorization` header, the selection is `control-room.v1` if offered, else none.
+    `bearer.`, dots included. The first of `control-room.v1` and `control-room.v1+msgpack`
+    the client offered is selected, so the token is not echoed back; otherwise the bearer
+    entry itself is, because browsers fail a handshake that offered protocols and got none
+    selected. With the token in the `Authorization` header, the selection is the first
+    application protocol offered, else none.
     """
     bearer = _bearer_offer(offers)
     presented = websocket_credential(offers, authorization)
@@ -201,9 +205,8 @@ def websocket_auth(
     principal = tokens.authenticate(presented)
     if principal is None:
         return None
-    if APP_PROTOCOL in offers:
-        return WebSocketAuth(principal, APP_PROTOCOL)
-    return WebSocketAuth(principal, bearer)
+    app = next((offer for offer in offers if offer in APP_PROTOCOLS), None)
+    return WebSocketAuth(principal, app if app is not None else bearer)
 
 
 def bearer_auth(header: str | None, tokens: TokenSet) -> Principal | None:
@@ -240,7 +243,7 @@ def misplaced_token(
             return "an Authorization header with a scheme other than Bearer"
     if _bearer_offer(offers) is not None:
         return None if websocket else "Sec-WebSocket-Protocol, which only WebSocket upgrades read"
-    if websocket and any(offer != APP_PROTOCOL for offer in offers):
+    if websocket and any(offer not in APP_PROTOCOLS for offer in offers):
         return "Sec-WebSocket-Protocol, but without the bearer. prefix"
     return None
 
