@@ -119,6 +119,7 @@ class Service:
         self._http: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._endpoint: WebSocketEndpoint | None = None
         self.poller: Poller | None = None
         self.port = 0
         # Secrets that may be rotated while running (files), re-read on change and SIGHUP.
@@ -199,8 +200,15 @@ class Service:
             commands=commands,
             sources=actions.list_sources if actions is not None else None,
         )
-        endpoint = WebSocketEndpoint(
-            self.guard, self.hub, self.broker, self.state, self.metrics, commands
+        endpoint = self._endpoint = WebSocketEndpoint(
+            self.guard,
+            self.hub,
+            self.broker,
+            self.state,
+            self.metrics,
+            commands,
+            compression=s.compression,
+            compression_min_bytes=s.compression_min_bytes,
         )
 
         async def root(request: web.Request) -> web.StreamResponse:
@@ -291,6 +299,8 @@ class Service:
     async def _release(self) -> None:
         """Close whatever is open; safe on a service that started only partly."""
         await cancel_and_wait(self._tasks)
+        if self._endpoint is not None:
+            await self._endpoint.close()
         self._tasks = []
         if self.notifier is not None:
             await self.notifier.stop()

@@ -23,6 +23,9 @@ DEFAULT_DELTA_RETENTION_S: Final = 7 * 24 * 3600  # a week: covers a laptop clos
 DEFAULT_NOTIFY_TIMEOUT_MS: Final = 10_000  # a receiver slower than this is as good as down
 DEFAULT_NOTIFY_MAX_AGE_S: Final = 24 * 3600  # a day of retries, then the delta is given up
 DEFAULT_NOTIFY_QUEUE_SIZE: Final = 10_000  # bounded memory when nothing persists the outbox
+DEFAULT_COMPRESSION_MIN_BYTES: Final = 512
+"""Messages shorter than this go uncompressed: below about half a KiB the deflate framing
+and the client's inflate cost more than the bytes saved."""
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 LOG_FORMATS: Final = ("json", "console")
 T = TypeVar("T")
@@ -77,6 +80,8 @@ class Settings:
     notify_max_age: float = DEFAULT_NOTIFY_MAX_AGE_S
     notify_queue_size: int = DEFAULT_NOTIFY_QUEUE_SIZE
     metrics_public: bool = False
+    compression: bool = True
+    compression_min_bytes: int = DEFAULT_COMPRESSION_MIN_BYTES
 
 
 def read_dotenv(path: Path) -> dict[str, str]:
@@ -108,6 +113,16 @@ def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 1) -
     if value < minimum:
         raise ConfigError(name, f"must be at least {minimum}, got {value}")
     return value
+
+
+def _on_off(env: Mapping[str, str], name: str) -> bool:
+    """`on` (the default) or `off`; 1/0 and true/false too."""
+    raw = env.get(name, "").strip().lower()
+    if raw in ("", "on", "1", "true", "yes"):
+        return True
+    if raw in ("off", "0", "false", "no"):
+        return False
+    raise ConfigError(name, f"expected on or off, got {raw!r}")
 
 
 def _bool(env: Mapping[str, str], name: str) -> bool:
@@ -347,6 +362,11 @@ def load(
             lambda: _int(env, "NOTIFY_QUEUE_SIZE", DEFAULT_NOTIFY_QUEUE_SIZE), 0
         ),
         metrics_public=check(lambda: _bool(env, "METRICS_PUBLIC"), False),
+        compression=check(lambda: _on_off(env, "COMPRESSION"), True),
+        compression_min_bytes=check(
+            lambda: _int(env, "COMPRESSION_MIN_BYTES", DEFAULT_COMPRESSION_MIN_BYTES, minimum=0),
+            DEFAULT_COMPRESSION_MIN_BYTES,
+        ),
     )
     if problems.found:
         raise ConfigError.of(problems.found)

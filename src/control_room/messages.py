@@ -9,7 +9,7 @@ malformed message can still be answered with its `id`, then the command's own st
 
 from __future__ import annotations
 
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 import msgspec
 
@@ -256,35 +256,43 @@ class BadMessage(ValueError):
         self.id = id
 
 
-_envelope_decoder: Final = msgspec.json.Decoder(Envelope)
-_command_decoders: Final = {
-    name: msgspec.json.Decoder(kind) for name, kind in COMMAND_TYPES.items()
+_Decoder = msgspec.json.Decoder[Any] | msgspec.msgpack.Decoder[Any]
+_envelope_decoders: Final[dict[bool, _Decoder]] = {
+    False: msgspec.json.Decoder(Envelope),
+    True: msgspec.msgpack.Decoder(Envelope),
+}
+_command_decoders: Final[dict[bool, dict[str, _Decoder]]] = {
+    False: {name: msgspec.json.Decoder(kind) for name, kind in COMMAND_TYPES.items()},
+    True: {name: msgspec.msgpack.Decoder(kind) for name, kind in COMMAND_TYPES.items()},
 }
 
 
-def decode_command(data: bytes | str) -> Command:
-    """Decode one client message; BadMessage(code, message, id) when it cannot be used.
+def decode_command(data: bytes, *, binary: bool = False) -> Command:
+    """Decode one client message (JSON text, or MessagePack when `binary`).
 
-    `bad_message`: not a JSON object with a string `type`; `unknown_type`: a type this
-    server does not know; `invalid_argument`: a known type with missing or wrong fields
-    (the message names the field, as msgspec reports it).
+    Raises BadMessage(code, message, id) when it cannot be used: `bad_message`, not an
+    object with a string `type`; `unknown_type`, a type this server does not know;
+    `invalid_argument`, a known type with missing or wrong fields (the message names the
+    field, as msgspec reports it).
     """
     try:
-        envelope = _envelope_decoder.decode(data)
+        envelope: Envelope = _envelope_decoders[binary].decode(data)
     except msgspec.ValidationError as exc:
         raise BadMessage("bad_message", f"expected an object with a string `type`: {exc}") from None
     except msgspec.DecodeError:
-        raise BadMessage("bad_message", "not valid JSON") from None
-    decoder = _command_decoders.get(envelope.type)
+        what = "MessagePack" if binary else "JSON"
+        raise BadMessage("bad_message", f"not valid {what}") from None
+    decoder = _command_decoders[binary].get(envelope.type)
     if decoder is None:
         known = ", ".join(sorted(COMMAND_TYPES))
         raise BadMessage(
             "unknown_type", f"unknown type {envelope.type[:64]!r}; known: {known}", envelope.id
         )
     try:
-        return decoder.decode(data)
+        command: Command = decoder.decode(data)
     except msgspec.ValidationError as exc:
         raise BadMessage("invalid_argument", str(exc), envelope.id) from None
+    return command
 
 
 __all__ = [

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from control_room.app import Service
 from control_room.jules.simulator import Simulator, SimulatorServer
 from control_room.secret import fingerprint
+from control_room.ws.connection import Connection
 from tests.conftest import API_KEY, ServiceFactory, receive_json
 from tests.functional.serve import Serve
 from tests.functional.test_lifecycle import wait_until as until
@@ -166,14 +166,14 @@ async def test_a_token_revoked_during_the_handshake_is_closed_as_soon_as_it_open
     tokens = tmp_path / "tokens"
     write(tokens, f"{OLD}\n{NEW}\n")
     service = await make_service(local_token="", local_token_file=tokens)
-    prepare = web.WebSocketResponse.prepare
+    adopt = Connection.adopt
 
-    async def revoking_prepare(self: web.WebSocketResponse, request: web.BaseRequest) -> object:
+    def revoking_adopt(self: Connection, transport: asyncio.Transport) -> None:
         write(tokens, f"{NEW}\n")
-        service.reload_secrets()  # the reload lands while the 101 is being written
-        return await prepare(self, request)
+        service.reload_secrets()  # the reload lands as the 101 is written
+        adopt(self, transport)
 
-    monkeypatch.setattr(web.WebSocketResponse, "prepare", revoking_prepare)
+    monkeypatch.setattr(Connection, "adopt", revoking_adopt)
     ws = await open_ws(http, service, OLD)
     closed = await asyncio.wait_for(ws.receive(), 2)
     assert (closed.data, closed.extra) == (4001, "token_revoked")

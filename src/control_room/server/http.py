@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from typing import Any, Final, cast
 
 import msgspec
@@ -56,6 +57,10 @@ OVER_CAPACITY_RESPONSE: Final = refusal_response("max_connections", OVER_CAPACIT
 log = logs.get("server")
 
 
+def _nothing() -> None:
+    """A release for a connection no server counted."""
+
+
 def _describe(exc: HttpProcessingError) -> str:
     """What was wrong with a malformed request, in words that quote nothing from it."""
     if isinstance(exc, LineTooLong):
@@ -80,9 +85,36 @@ def _json(status: int, body: dict[str, Any]) -> web.Response:
 
 
 class FrontHandler(RequestHandler):
-    """aiohttp's connection handler, answering malformed requests without quoting them."""
+    """aiohttp's connection handler, answering malformed requests without quoting them, and
+    handing an upgraded socket over to its new owner."""
 
     __slots__ = ()
+
+    def detach(self) -> tuple[asyncio.Transport, bytes, Callable[[], None]]:
+        """Give up the connection without closing it (a WebSocket takes the socket).
+
+        Returns the transport, any bytes the client sent after its request head, and a
+        function to call when the socket finally closes: the connection keeps its place
+        under MAX_CONNECTIONS until then. aiohttp forgets the connection at once: no timer,
+        no task and no request object stays alive for it. The handler that calls this must
+        return a response that writes nothing.
+        """
+        transport = self.transport
+        assert transport is not None, "detach() on a closed connection"
+        tail, self._message_tail = self._message_tail, b""
+        if self._keepalive_handle is not None:
+            self._keepalive_handle.cancel()
+            self._keepalive_handle = None
+        self._keepalive = False
+        # With no transport and the connection marked closed, aiohttp's loop for it ends
+        # after this request without writing or closing anything.
+        self._force_close = True
+        self.transport = None
+        manager = self._manager
+        release: Callable[[], None] = _nothing
+        if isinstance(manager, FrontServer):
+            release = manager.detached(self)
+        return transport, tail, release
 
     def handle_error(
         self,
@@ -184,6 +216,19 @@ class FrontServer(web.Server):
         """Forget the connection (each handler reports its loss exactly once)."""
         self.open_connections -= 1
         super().connection_lost(handler, exc)
+
+    def detached(self, handler: RequestHandler) -> Callable[[], None]:
+        """`handler` gave its socket away: forget it, keep its slot until `release()`."""
+        self._connections.pop(handler, None)
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.open_connections -= 1
+
+        return release
 
     def _refuse(self) -> None:
         self.metrics.server_refused.labels("max_connections").inc()

@@ -1,34 +1,75 @@
-"""One client connection: its socket, its counters, and the queue it holds while catching up."""
+"""One client connection: the socket's protocol object after the handshake, its counters,
+and the live batches it holds while catching up.
+
+After the opening handshake the socket is handed from aiohttp to a `Connection` (the
+asyncio protocol of its transport), so an open connection costs one small object with
+slots instead of aiohttp's request, response, reader, writer and handler task: what an
+idle client costs is the transport and this (see docs/topics/memory.md and the `idle`
+benchmark). Reading is the pure `Reader`; what messages mean is the owner's business.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
 import time
-from typing import Final
+from collections.abc import Callable
+from typing import Final, Protocol
 
 from control_room.auth import Principal
 from control_room.broker.base import Batch, Channel
 from control_room.views import DEFAULT_VIEW
+from control_room.ws.frames import OP_PONG, close_frame, control_frame
 from control_room.ws.prepared import PLAIN, Key, batch_frames, batch_frames_after
+from control_room.ws.reader import (
+    OP_CLOSE,
+    OP_PING,
+    Control,
+    Message,
+    ProtocolViolation,
+    Reader,
+    close_code,
+)
 
 _ids: Final = itertools.count(1)
 
+WRITE_HIGH_WATER: Final = 256 * 1024
+"""Bytes buffered in the transport above which it reports itself paused: catching-up writes
+(a snapshot, a replay) wait for it to drain below the low mark before the next slice."""
+WRITE_LOW_WATER: Final = 64 * 1024
 
-class Connection:
+
+class Owner(Protocol):
+    """What a connection tells the endpoint that owns it."""
+
+    def received(self, conn: Connection, message: Message) -> None:
+        """A whole data message arrived (synchronously; must not block)."""
+
+    def lost(self, conn: Connection, exc: Exception | None) -> None:
+        """The socket is gone (once)."""
+
+
+class Connection(asyncio.Protocol):
     """A connected client. Writing never awaits: bytes go to the transport's buffer.
 
     The transport's write buffer plays the part of Node's `bufferedAmount`: bytes accepted
-    for the client but not yet taken by the kernel. While a resuming client is replayed its
-    history, live batches wait in `_held` (counted as pending too) so order is kept.
+    for the client but not yet taken by the kernel. While a client catches up (snapshot,
+    replay), live batches wait in `_held` so order is kept, and only they count as falling
+    behind.
     """
 
     __slots__ = (
+        "_drained",
         "_held",
         "_held_bytes",
+        "_lost",
+        "_on_lost",
+        "_owner",
+        "_reader",
         "alive",
         "bytes_sent",
         "close_reason",
+        "commands",
         "connected_at",
         "id",
         "key",
@@ -44,6 +85,10 @@ class Connection:
         remote: str,
         principal: Principal | None = None,
         key: Key | None = None,
+        *,
+        owner: Owner | None = None,
+        reader: Reader | None = None,
+        on_lost: Callable[[], None] | None = None,
     ) -> None:
         self.id = next(_ids)
         self.key: Key = key or (DEFAULT_VIEW, PLAIN)
@@ -58,8 +103,94 @@ class Connection:
         self.messages_sent = 0
         self.bytes_sent = 0
         self.close_reason: str | None = None
+        self.commands: object = None
+        """The owner's per-connection command state, made when the client first sends one."""
         self._held: list[Batch] | None = None
         self._held_bytes = 0
+        self._owner = owner
+        self._reader = reader
+        self._on_lost = on_lost
+        self._drained: asyncio.Future[None] | None = None
+        self._lost = False
+
+    # -- the transport's callbacks -------------------------------------------------
+
+    def adopt(self, transport: asyncio.Transport) -> None:
+        """Become the protocol of an already connected transport (after the handshake)."""
+        self.transport = transport
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
+        transport.set_protocol(self)
+
+    def data_received(self, data: bytes) -> None:
+        """Parse what the client sent: pongs and pings keep it alive; messages go up."""
+        reader = self._reader
+        if reader is None or self.close_reason is not None:
+            return
+        try:
+            events = reader.feed(data)
+        except ProtocolViolation as exc:
+            self.close(
+                close_frame(exc.code, exc.reason[:100]),
+                "message_too_big" if exc.code == 1009 else "protocol_error",
+            )
+            return
+        for event in events:
+            self.alive = True
+            if isinstance(event, Control):
+                self._control(event)
+            elif self._owner is not None and self.close_reason is None:
+                self._owner.received(self, event)
+
+    def _control(self, event: Control) -> None:
+        if event.opcode == OP_PING:
+            if not self.transport.is_closing():
+                self.transport.write(control_frame(OP_PONG, event.data))
+        elif event.opcode == OP_CLOSE:
+            try:
+                code, _ = close_code(event.data)
+            except ProtocolViolation as exc:
+                self.close(close_frame(exc.code, exc.reason[:100]), "protocol_error")
+                return
+            # Echo the code (RFC 6455 §5.5.1), then close once it is flushed.
+            self.close(close_frame(1000 if code == 1005 else code), "normal")
+
+    def eof_received(self) -> bool:
+        """The client half-closed: close our side too."""
+        return False
+
+    def pause_writing(self) -> None:
+        """The transport's buffer passed the high mark."""
+        if self._drained is None:
+            self._drained = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        """The transport's buffer fell below the low mark."""
+        self._wake()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The socket is gone: tell the owner once, free the connection slot."""
+        if self._lost:
+            return
+        self._lost = True
+        self._wake()
+        self._held, self._held_bytes = None, 0
+        if self._owner is not None:
+            self._owner.lost(self, exc)
+        if self._on_lost is not None:
+            self._on_lost()
+
+    def _wake(self) -> None:
+        waiter, self._drained = self._drained, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- writing ---------------------------------------------------------------------
+
+    async def drained(self) -> None:
+        """Until the transport's buffer is below the low mark (or the socket is gone)."""
+        waiter = self._drained
+        if waiter is not None:
+            await asyncio.shield(waiter)
 
     @property
     def catching_up(self) -> bool:

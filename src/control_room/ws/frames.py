@@ -9,6 +9,7 @@ OP_TEXT: Final = 0x1
 OP_BINARY: Final = 0x2
 OP_CLOSE: Final = 0x8
 OP_PING: Final = 0x9
+OP_PONG: Final = 0xA
 FIN: Final = 0x80
 RSV1: Final = 0x40  # "this message is compressed" under permessage-deflate (RFC 7692)
 
@@ -39,3 +40,8 @@ def close_frame(code: int, reason: str = "") -> bytes:
     """A close frame with a status code and a short reason (at most 123 bytes, per RFC)."""
     body = struct.pack("!H", code) + reason.encode()[:123]
     return _header(OP_CLOSE, len(body)) + body
+
+
+def control_frame(opcode: int, payload: bytes = b"") -> bytes:
+    """One unmasked control frame (a ping or pong; payload at most 125 bytes, per RFC)."""
+    return _header(opcode, len(payload)) + payload[:125]

@@ -1,16 +1,18 @@
-"""The WebSocket endpoint: auth before upgrade, snapshot or resume, then the read loop."""
+"""The WebSocket endpoint: auth before the upgrade, the handshake, snapshot or resume, then
+commands as the client sends them."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field, replace
-from typing import Final
+from typing import Any, Final
 
-from aiohttp import WebSocketError, WSCloseCode, WSMsgType, hdrs, web
+from aiohttp import hdrs, web
 
 from control_room import logging as logs
-from control_room.auth import WebSocketAuth
+from control_room.auth import MSGPACK_PROTOCOL, WebSocketAuth
 from control_room.broker.base import ACTIVITIES, SESSIONS, Broker, Channel, Entry, HistoryGone
 from control_room.commands import Caller, Commands, error_result
 from control_room.messages import (
@@ -26,11 +28,19 @@ from control_room.metrics import Metrics
 from control_room.models import encode
 from control_room.responses import json_error, not_ready
 from control_room.server.guard import Guard
+from control_room.server.http import FrontHandler
 from control_room.state import State
 from control_room.tasks import cancel_and_wait
 from control_room.views import BadFilter, View
 from control_room.ws.connection import Connection
 from control_room.ws.frames import close_frame
+from control_room.ws.handshake import (
+    HandshakeError,
+    accept_key,
+    check_upgrade,
+    negotiate_deflate,
+)
+from control_room.ws.handshake import response as handshake_response
 from control_room.ws.hub import TOKEN_REVOKED, Hub
 from control_room.ws.params import (
     AHEAD_OF_SERVER,
@@ -38,17 +48,14 @@ from control_room.ws.params import (
     StreamRequest,
     parse_stream_request,
 )
-from control_room.ws.prepared import Variant, frames, single
+from control_room.ws.prepared import DEFAULT_COMPRESSION_MIN_BYTES, Variant, frames, single
+from control_room.ws.reader import OP_BINARY, Message, Reader
 
 MAX_CLIENT_MESSAGE_BYTES: Final = 64 * 1024  # a command is a few hundred bytes; a prompt fits
 REPLAY_CHUNK_BYTES: Final = 256 * 1024  # write replay in slices, waiting for each to drain
 CATCH_UP_STALL_S: Final = 30.0
 """A client that takes nothing of its snapshot or replay for this long has stopped reading:
 it is cut as a slow consumer (a heartbeat interval: as long as a live client may be silent)."""
-DRAIN_POLL_S: Final = 0.005
-"""How often a catching-up client's buffer is looked at: 200 looks a second per catching-up
-client while it reads its first megabytes, then nothing."""
-HANDSHAKE_TIMEOUT_S: Final = 10.0  # closing handshake wait; a client that vanished won't reply
 COMMAND_RATE_PER_S: Final = 10.0
 """Client messages per second, sustained: a person clicking, or a script approving a list,
 stays far below; a loop sending as fast as it can is throttled."""
@@ -60,6 +67,7 @@ MAX_COMMANDS_IN_FLIGHT: Final = 8
 """Commands of one connection waiting on Jules at once; more are answered `rate_limited`
 (each can take up to the upstream's timeout, and each holds a slot of the Jules client)."""
 POLICY_VIOLATION: Final = 1008
+INTERNAL_ERROR: Final = 1011
 
 log = logs.get("ws")
 
@@ -84,8 +92,38 @@ class _Bucket:
         return True
 
 
+class _Commands:
+    """A connection's command state, made when it first sends something: its rate bucket,
+    refusals in a row, and its commands still waiting on the upstream."""
+
+    __slots__ = ("bucket", "caller", "refused", "tasks")
+
+    def __init__(self, caller: Caller) -> None:
+        self.bucket = _Bucket(COMMAND_RATE_PER_S, COMMAND_BURST)
+        self.caller = caller
+        self.refused = 0
+        self.tasks: set[asyncio.Task[None]] = set()
+
+
+class _Detached(web.StreamResponse):
+    """What the handler gives aiohttp for an upgraded connection it no longer owns: there
+    is nothing left to write (the 101 went out directly) and nothing to close."""
+
+    async def prepare(self, request: web.BaseRequest) -> None:
+        return None
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        return None
+
+
 class WebSocketEndpoint:
-    """Accepts clients on `/`, hands them to the hub, and runs the commands they send."""
+    """Accepts clients on `/`, hands their sockets to the hub, runs the commands they send.
+
+    The upgrade is answered here, not by aiohttp: once the 101 is written the socket is
+    detached from aiohttp and its protocol becomes the `Connection` itself, so an open
+    connection holds no request, response, reader or task (this endpoint is every
+    connection's `Owner`).
+    """
 
     def __init__(
         self,
@@ -95,79 +133,182 @@ class WebSocketEndpoint:
         state: State,
         metrics: Metrics,
         commands: Commands | None = None,
+        *,
+        compression: bool = True,
+        compression_min_bytes: int = DEFAULT_COMPRESSION_MIN_BYTES,
     ) -> None:
         self._guard = guard
-        logs.drop_protocol_mismatch_warnings()
         self._hub = hub
         self._broker = broker
         self._state = state
         self._metrics = metrics
         self._commands = commands
+        self._compression = compression
+        self._compression_min = compression_min_bytes
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        """Authenticate, validate the query, upgrade, then read until the client goes."""
+        """Authenticate, validate the query, answer the upgrade, hand the socket over."""
         auth = self._guard.websocket(request)
         if not isinstance(auth, WebSocketAuth):
             return auth  # 429, 403 or 401, counted and logged by the guard
         try:
             wanted = parse_stream_request(request.query)
+            key = check_upgrade(request.headers)
+            accept = accept_key(key)
         except BadParameter as exc:
             self._metrics.connections_rejected.labels("bad_request").inc()
             return json_error(400, "bad_request", parameter=exc.parameter, message=str(exc))
+        except HandshakeError as exc:
+            self._metrics.connections_rejected.labels("bad_request").inc()
+            return json_error(400, "bad_request", message=f"not a WebSocket handshake: {exc}")
         if wanted.snapshot and not self._state.ready:
             # An empty snapshot now would never be corrected: the first poll is a baseline
             # and publishes nothing. Ask the client to come back, as GET /api/sessions does.
             return not_ready(self._state.health)
-        transport = request.transport
-        if transport is None:  # the client left during the handshake
-            return web.Response(status=499)
-        ws = web.WebSocketResponse(
-            # The guard chose the subprotocol from every offer line (RFC 6455: one list);
-            # aiohttp would read only the first line, so it is told none and the choice is
-            # set here (its "no overlap" warning is dropped by the logging setup).
-            protocols=(),
-            autoping=False,
-            compress=False,  # frames are built once and shared; deflate would forbid that
-            max_msg_size=MAX_CLIENT_MESSAGE_BYTES,
-            timeout=HANDSHAKE_TIMEOUT_S,
+        deflate = (
+            negotiate_deflate(request.headers.getall(hdrs.SEC_WEBSOCKET_EXTENSIONS, []))
+            if self._compression
+            else None
         )
-        if auth.protocol is not None:
-            ws.headers[hdrs.SEC_WEBSOCKET_PROTOCOL] = auth.protocol
-        await ws.prepare(request)
-        peer = request.remote or "?"
-        conn = Connection(transport, peer, auth.principal, key=(wanted.view, conn_variant(wanted)))
+        handler = request.protocol
+        if not isinstance(handler, FrontHandler) or handler.transport is None:
+            return web.Response(status=499)  # the client left during the handshake
+        transport, tail, on_lost = handler.detach()
+        variant = Variant(
+            encoding="msgpack" if auth.protocol == MSGPACK_PROTOCOL else "json",
+            patch=wanted.patch,
+            batch=wanted.batch,
+            deflate=deflate.server_window_bits if deflate is not None else 0,
+            min_compress=self._compression_min,
+        )
+        conn = Connection(
+            transport,
+            request.remote or "?",
+            auth.principal,
+            key=(wanted.view, variant),
+            owner=self,
+            reader=Reader(MAX_CLIENT_MESSAGE_BYTES, deflate=deflate is not None),
+            on_lost=on_lost,
+        )
+        transport.write(handshake_response(accept, auth.protocol, deflate))
+        conn.adopt(transport)
+        self._metrics.connections_accepted.inc()
         if not self._guard.valid(auth.principal):  # revoked while the 101 was being sent
             conn.close(close_frame(TOKEN_REVOKED, "token_revoked"), "token_revoked")
-            self._metrics.connections_closed.labels("token_revoked").inc()
-            return ws
+            return _Detached()
         catch_up = self._attach(conn, wanted)
-        self._metrics.connections_accepted.inc()
         log.info(
             "WebSocket client connected",
-            extra={"clientId": conn.id, "remote": peer, "clientCount": len(self._hub)},
+            extra={"clientId": conn.id, "remote": conn.remote, "clientCount": len(self._hub)},
         )
-        session = _ClientSession(self, conn)
+        if tail:
+            conn.data_received(tail)
+        if catch_up is not None:
+            self._spawn(conn, self._catch_up(conn, catch_up), f"catch-up-{conn.id}")
+        return _Detached()
+
+    def _spawn(self, conn: Connection, work: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(self._guarded(conn, work), name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    async def _guarded(conn: Connection, work: Coroutine[Any, Any, None]) -> None:
+        """Run one connection's work; a bug in it closes that connection (1011) only."""
         try:
-            if catch_up is not None:
-                await self._catch_up(conn, catch_up)
-            await session.read(ws)
-        except ConnectionError:  # the client vanished mid-write: ordinary, no traceback
+            await work
+        except ConnectionError:  # the client vanished mid-write: ordinary
             conn.close_reason = conn.close_reason or "connection_reset"
         except Exception:
-            conn.close_reason = conn.close_reason or "error"
             log.exception("WebSocket handler failed", extra={"clientId": conn.id})
-        finally:
-            await session.close()
-            self._hub.remove(conn)
-            if not ws.closed and not transport.is_closing():
-                transport.close()
-            reason = conn.close_reason or "normal"
-            self._metrics.connections_closed.labels(reason).inc()
-            log.info(
-                "WebSocket client disconnected",
-                extra={"clientId": conn.id, "reason": reason, "clientCount": len(self._hub)},
+            conn.close(close_frame(INTERNAL_ERROR, "internal error"), "error")
+
+    async def close(self) -> None:
+        """Cancel catch-ups still running (shutdown)."""
+        await cancel_and_wait(self._tasks)
+
+    # -- a connection's life (Owner) -------------------------------------------------
+
+    def lost(self, conn: Connection, exc: Exception | None) -> None:
+        """The socket closed: forget it, count and log why."""
+        self._hub.remove(conn)
+        state = conn.commands
+        if isinstance(state, _Commands):
+            for task in state.tasks:
+                task.cancel()
+        if conn.close_reason is None:
+            conn.close_reason = "connection_reset" if exc is not None else "normal"
+        reason = conn.close_reason
+        self._metrics.connections_closed.labels(reason).inc()
+        log.info(
+            "WebSocket client disconnected",
+            extra={"clientId": conn.id, "reason": reason, "clientCount": len(self._hub)},
+        )
+
+    def received(self, conn: Connection, message: Message) -> None:
+        """A client message: a command, answered by a `result` (never closes for junk)."""
+        state = conn.commands
+        if not isinstance(state, _Commands):
+            principal = conn.principal
+            state = conn.commands = _Commands(
+                Caller(
+                    read_only=principal.read_only if principal is not None else True,
+                    subscribe=lambda command: self.subscribe(conn, command),
+                    name=f"client {conn.id}",
+                )
             )
-        return ws
+        try:
+            command = decode_command(message.data, binary=message.opcode == OP_BINARY)
+        except BadMessage as exc:
+            self._answer(conn, error_result(exc.id, exc.code, str(exc)))
+            return
+        if not state.bucket.take() or len(state.tasks) >= MAX_COMMANDS_IN_FLIGHT:
+            state.refused += 1
+            if state.refused >= COMMAND_FLOOD_LIMIT:
+                log.warning(
+                    "Client flooding commands; closed with 1008",
+                    extra={"clientId": conn.id, "refused": state.refused},
+                )
+                conn.close(close_frame(POLICY_VIOLATION, "too many messages"), "command_flood")
+                return
+            self._answer(conn, error_result(command.id, "rate_limited", "too many messages"))
+            return
+        state.refused = 0
+        if isinstance(command, Subscribe):  # synchronous: no await between view and snapshot
+            self._answer(conn, self.subscribe(conn, command))
+            return
+        commands = self._commands
+        if commands is None:
+            self._answer(
+                conn, error_result(command.id, "failed_precondition", "commands are not enabled")
+            )
+            return
+        caller = state.caller
+
+        async def run() -> None:
+            self._answer(conn, await commands.run(caller, command))
+
+        task = asyncio.create_task(run(), name=f"command-{conn.id}")
+        state.tasks.add(task)
+        task.add_done_callback(state.tasks.discard)
+
+    def _answer(self, conn: Connection, result: ResultMessage) -> None:
+        if not conn.open:
+            return
+        data = single(encode(result), conn.key[1])
+        if len(data) <= REPLAY_CHUNK_BYTES or conn.catching_up:
+            conn.write(data, 1)
+            return
+        # A big answer (a subscribe's snapshot) is written like a first snapshot: in drained
+        # slices, live batches held meanwhile, none of it counted as falling behind.
+        conn.hold()
+
+        async def write() -> None:
+            if await self._write_drained(conn, [data]):
+                conn.release({})
+
+        self._spawn(conn, write(), f"answer-{conn.id}")
 
     def _snapshot(self, view: View) -> SnapshotMessage:
         position = self._broker.position
@@ -282,26 +423,18 @@ class WebSocketEndpoint:
         it is cut as a slow consumer).
         """
         data = b"".join(parts)
-        loop = asyncio.get_running_loop()
         for offset in range(0, len(data), REPLAY_CHUNK_BYTES):
             if not conn.open:
                 return False
-            chunk = data[offset : offset + REPLAY_CHUNK_BYTES]
-            # The messages are counted once, with the last slice.
             last = offset + REPLAY_CHUNK_BYTES >= len(data)
-            conn.write(chunk, count if last else 0)
-            # A transport exposes no event for "buffer below N", so poll it briefly.
-            deadline = loop.time() + CATCH_UP_STALL_S
-            drained = conn.transport.get_write_buffer_size()
-            while conn.open and drained > REPLAY_CHUNK_BYTES:
-                await asyncio.sleep(DRAIN_POLL_S)
-                now_pending = conn.transport.get_write_buffer_size()
-                if now_pending < drained:  # progress: the reader is reading
-                    deadline = loop.time() + CATCH_UP_STALL_S
-                elif loop.time() > deadline:
-                    self._hub.cut_slow(conn)
-                    return False
-                drained = now_pending
+            # The messages are counted once, with their last slice.
+            conn.write(data[offset : offset + REPLAY_CHUNK_BYTES], count if last else 0)
+            try:
+                async with asyncio.timeout(CATCH_UP_STALL_S):
+                    await conn.drained()
+            except TimeoutError:
+                self._hub.cut_slow(conn)
+                return False
         return conn.open
 
     def subscribe(self, conn: Connection, command: Subscribe) -> ResultMessage:
@@ -362,114 +495,3 @@ def command_subscription(command: Subscribe) -> Subscription:
         updates=command.updates,
         batch=command.batch,
     )
-
-
-class _ClientSession:
-    """One connection's reading side: pongs, pings, and commands run as tasks."""
-
-    def __init__(self, endpoint: WebSocketEndpoint, conn: Connection) -> None:
-        self._endpoint = endpoint
-        self._conn = conn
-        self._bucket = _Bucket(COMMAND_RATE_PER_S, COMMAND_BURST)
-        self._refused = 0
-        self._tasks: set[asyncio.Task[None]] = set()
-        principal = conn.principal
-        self._caller = Caller(
-            read_only=principal.read_only if principal is not None else True,
-            subscribe=lambda command: endpoint.subscribe(conn, command),
-            name=f"client {conn.id}",
-        )
-
-    async def read(self, ws: web.WebSocketResponse) -> None:
-        """Pongs keep the client alive; pings are answered; messages are commands."""
-        conn = self._conn
-        while True:
-            msg = await ws.receive()
-            kind = msg.type
-            if kind is WSMsgType.PONG:
-                conn.alive = True
-            elif kind is WSMsgType.PING:
-                conn.alive = True
-                await ws.pong(msg.data)
-            elif kind in (WSMsgType.TEXT, WSMsgType.BINARY):
-                conn.alive = True
-                if not self._command(msg.data):
-                    return
-            elif kind is WSMsgType.ERROR:
-                error = msg.data
-                if isinstance(error, WebSocketError) and error.code == WSCloseCode.MESSAGE_TOO_BIG:
-                    conn.close_reason = conn.close_reason or "message_too_big"
-                    log.warning(
-                        "Client message too big; closed with 1009",
-                        extra={"clientId": conn.id, "limit": MAX_CLIENT_MESSAGE_BYTES},
-                    )
-                elif isinstance(error, WebSocketError):  # bad framing: aiohttp closed it
-                    conn.close_reason = conn.close_reason or "protocol_error"
-                elif isinstance(error, ConnectionError):
-                    conn.close_reason = conn.close_reason or "connection_reset"
-                return
-            else:  # CLOSE, CLOSING, CLOSED
-                return
-
-    def _answer(self, result: ResultMessage) -> None:
-        conn = self._conn
-        if not conn.open:
-            return
-        data = single(encode(result), conn.key[1])
-        if len(data) <= REPLAY_CHUNK_BYTES or conn.catching_up:
-            conn.write(data, 1)
-            return
-        # A big answer (a subscribe's snapshot) is written like a first snapshot: in drained
-        # slices, live batches held meanwhile, none of it counted as falling behind.
-        conn.hold()
-
-        async def write() -> None:
-            if await self._endpoint._write_drained(conn, [data]):
-                conn.release({})
-
-        task = asyncio.create_task(write(), name=f"answer-{conn.id}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    def _command(self, data: bytes | str) -> bool:
-        """Handle one client message; False when the connection must close (a flood)."""
-        conn = self._conn
-        try:
-            command = decode_command(data)
-        except BadMessage as exc:
-            self._answer(error_result(exc.id, exc.code, str(exc)))
-            return True
-        if not self._bucket.take() or len(self._tasks) >= MAX_COMMANDS_IN_FLIGHT:
-            self._refused += 1
-            if self._refused >= COMMAND_FLOOD_LIMIT:
-                log.warning(
-                    "Client flooding commands; closed with 1008",
-                    extra={"clientId": conn.id, "refused": self._refused},
-                )
-                conn.close(close_frame(POLICY_VIOLATION, "too many messages"), "command_flood")
-                return False
-            self._answer(error_result(command.id, "rate_limited", "too many messages; slow down"))
-            return True
-        self._refused = 0
-        endpoint = self._endpoint
-        if isinstance(command, Subscribe):  # synchronous: no await between view and snapshot
-            self._answer(endpoint.subscribe(conn, command))
-            return True
-        commands = endpoint._commands
-        if commands is None:
-            self._answer(
-                error_result(command.id, "failed_precondition", "commands are not enabled")
-            )
-            return True
-
-        async def run() -> None:
-            self._answer(await commands.run(self._caller, command))
-
-        task = asyncio.create_task(run(), name=f"command-{conn.id}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return True
-
-    async def close(self) -> None:
-        """Cancel the connection's commands still waiting on the upstream."""
-        await cancel_and_wait(self._tasks)

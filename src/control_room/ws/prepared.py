@@ -37,9 +37,7 @@ COMPRESSION_LEVEL: Final = 6
 """zlib's default: on this service's JSON (repetitive keys, ids, timestamps) level 6 takes
 within a few percent of level 9's size at half its time; compression runs once per message
 per variant, not per client, so its cost hardly shows next to the sends."""
-DEFAULT_COMPRESSION_MIN_BYTES: Final = 512
-"""Messages shorter than this go uncompressed (RSV1 clear): below about half a KiB the
-deflate framing and the client's inflate cost more than the bytes they save."""
+DEFAULT_COMPRESSION_MIN_BYTES: Final = 512  # see config.DEFAULT_COMPRESSION_MIN_BYTES
 _SYNC_TAIL: Final = b"\x00\x00\xff\xff"  # RFC 7692 7.2.1: removed from each message's end
 
 _delta_decoder: Final = msgspec.json.Decoder(SessionDelta)
