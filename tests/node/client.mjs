@@ -1,10 +1,13 @@
 // A Node WebSocket client for the functional tests.
-// Usage: node client.mjs <ws|browser> <ws-url> <token> <count>
+// Usage: node client.mjs <ws|browser> <ws-url> <token> <count> [app]
 //   ws      - the `ws` library, as `new WebSocket(url, ['bearer.' + token])`
 //   browser - Node's global WebSocket (the WHATWG API browsers implement), which fails a
 //             handshake that offered protocols and got none selected
+//   app     - offer `control-room.v1` first, as every documented client does, and say
+//             which extensions were negotiated ("open <protocol> <extensions>")
 // Prints "open <protocol>", then each message on its own line; exits 0 after <count>.
-const [flavour, url, token, count] = process.argv.slice(2);
+// Both flavours offer permessage-deflate, as browsers and `ws` do by default.
+const [flavour, url, token, count, mode] = process.argv.slice(2);
 let WebSocketImpl = globalThis.WebSocket;
 if (flavour === "ws") {
   WebSocketImpl = (await import("ws")).default;
@@ -13,9 +16,11 @@ if (typeof WebSocketImpl === "undefined") {
   console.log("NO_WEBSOCKET");
   process.exit(0);
 }
-const ws = new WebSocketImpl(url, ["bearer." + token]);
+const offers = mode === "app" ? ["control-room.v1", "bearer." + token] : ["bearer." + token];
+const ws = new WebSocketImpl(url, offers);
 let left = Number(count);
-ws.onopen = () => console.log("open " + ws.protocol);
+ws.onopen = () =>
+  console.log("open " + ws.protocol + (mode === "app" ? " " + (ws.extensions || "none") : ""));
 ws.onmessage = (event) => {
   console.log(String(event.data));
   if (--left === 0) {
