@@ -22,6 +22,7 @@ from control_room.client import (
     Disconnected,
     Event,
     Message,
+    NotReady,
     Reset,
     Snapshot,
     Unauthorized,
@@ -245,10 +246,15 @@ async def test_a_rejected_token_raises_unauthorized_without_retrying(service: Se
     assert statuses == []
 
 
-async def test_since_ahead_of_the_stream_is_a_bad_request(service: Service) -> None:
+@pytest.mark.parametrize("with_epoch", [False, True])
+async def test_since_ahead_of_the_stream_is_a_bad_request_with_the_servers_reason(
+    service: Service, with_epoch: bool
+) -> None:
+    epoch = service.broker.position.epoch if with_epoch else None
     async with ControlRoomClient(service.url, TOKEN) as client:
-        with pytest.raises(BadRequest, match="ahead of the stream"):
-            await drain(client.deltas(since=99))
+        with pytest.raises(BadRequest) as refused:
+            await drain(client.deltas(since=99, epoch=epoch))
+    assert str(refused.value) == "since: 99 is ahead of the stream (seq 0)"
 
 
 async def test_sessions_waits_for_the_first_poll(
@@ -275,9 +281,17 @@ async def test_sessions_gives_up_when_the_service_stays_unready(
     monkeypatch.setattr(client_module, "NOT_READY_RETRY_CAP_S", 20 * MS)
     sim.faults.fail(n=1000)  # the upstream never answers: no baseline
     svc = await make_service()
+    seen: list[NotReady] = []
     async with ControlRoomClient(svc.url, TOKEN) as client:
-        with pytest.raises(Unavailable, match="first poll"):
-            await client.sessions(wait_ready=100 * MS)
+        with pytest.raises(NotReady) as given_up:
+            await client.sessions(wait_ready=100 * MS, on_not_ready=seen.append)
+    # The service's own reason, told at once (the first answer) and again at the end.
+    assert seen and seen[-1] is given_up.value
+    assert given_up.value.reason == "the first poll has not completed" or (
+        given_up.value.reason.startswith("waiting for the Jules API: ")
+    )
+    assert str(given_up.value) == f"{svc.url} is not ready: {given_up.value.reason}"
+    assert isinstance(given_up.value, Unavailable)  # what callers caught before
 
 
 async def test_sessions_says_when_nothing_listens() -> None:
