@@ -156,7 +156,8 @@ def _demo_banner(service: Service, token: str, seed: int, interactive: bool) -> 
     return (
         f"\n  Jules Control Room demo (simulated Jules API, seed {seed})\n"
         f"  Dashboard : {service.url}/#token={token}\n"
-        f"  WebSocket : {service.ws_url}  (Sec-WebSocket-Protocol: bearer.{token})\n"
+        f"  WebSocket : {service.ws_url}"
+        f"  (Sec-WebSocket-Protocol: control-room.v1, bearer.{token})\n"
         f"  Token     : {token}\n"
         f"  Watch     : .venv/bin/control-room watch --url {service.url} --token {token}\n"
         f"{again}\n"
