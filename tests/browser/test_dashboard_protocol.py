@@ -285,6 +285,8 @@ async def test_the_page_says_why_it_is_not_live(
     await expect(banner).to_contain_text(
         "The control room answered HTTP 500: the store is read-only, retrying in"
     )
+    # Retried on the page's own backoff, and never called "offline": the service answers.
+    await page.wait_for_function("() => window.controlRoom.stream.stats.reconnects >= 6")
     await expect(connection).to_have_attribute("data-state", "reconnecting")
 
     # Ready again: live, and the banner is gone. (Not a click: after an error the page

@@ -357,7 +357,9 @@ export class Stream {
       this.#status('waiting', { retryAt: this.#retryAt, detail, cause, status });
       return;
     }
-    const offline = !navigator.onLine || this.#failures >= OFFLINE_AFTER_FAILURES;
+    // A service that answers (with an error) is not "offline", however often it fails.
+    const unanswered = this.#failures >= OFFLINE_AFTER_FAILURES && cause !== 'http';
+    const offline = !navigator.onLine || unanswered;
     this.#status(offline ? 'offline' : 'reconnecting', {
       retryAt: this.#retryAt,
       detail: navigator.onLine ? detail : 'this browser is offline',
