@@ -25,7 +25,8 @@ const changeTokenButton = $('change-token');
 
 const dashboard = new Dashboard(document);
 let stream = null;
-let status = { state: 'idle', retryAt: 0, detail: '', cause: '', status: 0 };
+const IDLE = Object.freeze({ state: 'idle', retryAt: 0, detail: '', cause: '', status: 0 });
+let status = IDLE;
 let countdownTimer = 0;
 let snapshots = 0;
 let lastEpoch = null;
@@ -88,7 +89,9 @@ function statusText({ state, retryAt }) {
  * but cannot reach Jules must not look like a service that is down.
  */
 function bannerMessage({ state, cause, detail, status: httpStatus }) {
-  if (state === 'waiting') return `Connected to the control room; waiting for the Jules API: ${detail}`;
+  if (state === 'waiting') {
+    return `Connected to the control room; waiting for the Jules API: ${detail}`;
+  }
   if (state !== 'reconnecting' && state !== 'offline') return '';
   if (cause === 'offline') return 'This browser is offline';
   if (cause === 'unreachable') {
@@ -185,7 +188,7 @@ function start(token) {
 function startFromStorage() {
   const token = sessionStorage.getItem(TOKEN_KEY);
   if (!token) {
-    showStatus({ state: 'idle', retryAt: 0, detail: '', cause: '', status: 0 });
+    showStatus(IDLE);
     askForToken('');
   } else if (!isValidToken(token)) {
     sessionStorage.removeItem(TOKEN_KEY);
@@ -216,7 +219,7 @@ form.addEventListener('submit', (event) => {
 retryButton.addEventListener('click', () => stream?.retryNow());
 changeTokenButton.addEventListener('click', () => {
   sessionStorage.removeItem(TOKEN_KEY);
-  showStatus({ state: 'idle', retryAt: 0, detail: '', cause: '', status: 0 });
+  showStatus(IDLE);
   askForToken('');
 });
 // Pasting a new `/#token=…` link into this tab does not reload the page: pick it up.

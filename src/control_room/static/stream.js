@@ -400,7 +400,7 @@ async function readError(response) {
  * `message`. `Retry-After` (seconds) and `retryInSeconds` both tell when the service tries
  * again; the later of the two wins.
  */
-export function notReady(body, retryAfterHeader) {
+function notReady(body, retryAfterHeader) {
   const upstream = body?.upstream && typeof body.upstream === 'object' ? body.upstream : {};
   const message = String(body?.message || 'the first poll has not completed');
   const detail = String(upstream.detail || message.replace(/^waiting for the Jules API: /, ''));
