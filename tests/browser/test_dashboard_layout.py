@@ -95,12 +95,12 @@ async def assert_title_and_state_in_view(page: Page, ids: list[str], width: int)
 async def test_page_height_stays_bounded_under_a_stream_of_deltas_at_every_width(
     page: Page, sim: Simulator, busy_board: tuple[Service, list[str]]
 ) -> None:
-    """At 1280 px (the feed above the table), 800 px and 400 px (rows as cards)."""
+    """At 1440 px (the feed beside the table), 1280 px (above it), 800 px and 400 px (cards)."""
     service, ids = busy_board
     ARTIFACTS.mkdir(exist_ok=True)
-    await page.set_viewport_size({"width": 1280, "height": HEIGHT})
+    await page.set_viewport_size({"width": 1440, "height": HEIGHT})
     await open_dashboard(page, service)
-    for width in (1280, 800, 400):
+    for width in (1440, 1280, 800, 400):
         await page.set_viewport_size({"width": width, "height": HEIGHT})
         before = await extent(page)
 
