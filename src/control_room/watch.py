@@ -96,12 +96,11 @@ def service_environment(environ: Mapping[str, str], dotenv: Path | None = DOTENV
     return env
 
 
-def service_address(env: Mapping[str, str]) -> ServiceAddress:
-    """The URL and token of the service that `env` configures (pure but for LOCAL_TOKEN_FILE).
+def service_url(env: Mapping[str, str]) -> str:
+    """The URL of the service that `env` configures: `http://HOST:PORT`.
 
-    `HOST` 0.0.0.0 or :: becomes loopback; `LOCAL_TOKEN` may list several tokens (the first
-    is taken); without it, the first line of `LOCAL_TOKEN_FILE`. The token is "" when
-    neither is set. Raises BadEnvironment for a `PORT` a client cannot connect to.
+    `HOST` 0.0.0.0 or :: becomes loopback (an IPv6 address gets brackets). Raises
+    BadEnvironment for a `PORT` a client cannot connect to (0 means "any free port").
     """
     raw_host = env.get("HOST", "").strip()
     host = ANY_ADDRESS.get(raw_host, raw_host)
@@ -111,10 +110,15 @@ def service_address(env: Mapping[str, str]) -> ServiceAddress:
     raw_port = env.get("PORT", "").strip() or str(DEFAULT_PORT)
     if not raw_port.isdigit() or not 0 < int(raw_port) < 65536:
         raise BadEnvironment(f"PORT={raw_port!r} is not a port a client can connect to; pass --url")
-    return ServiceAddress(f"http://{host}:{int(raw_port)}", _token(env))
+    return f"http://{host}:{int(raw_port)}"
 
 
-def _token(env: Mapping[str, str]) -> str:
+def service_token(env: Mapping[str, str]) -> str:
+    """A token the service that `env` configures accepts; "" when none is set.
+
+    The first of `LOCAL_TOKEN` (which may list several, comma-separated), else the first
+    line of the `LOCAL_TOKEN_FILE`; BadEnvironment when that file cannot be read.
+    """
     listed = [t.strip() for t in env.get(TOKEN_ENV, "").split(",") if t.strip()]
     if listed:
         return listed[0]
@@ -193,11 +197,12 @@ def _resolve(command: str, args: argparse.Namespace) -> ServiceAddress | int:
     """`--url` and `--token`, else the service's own settings; or a usage error's exit code."""
     url, token = args.url, args.token
     if not (url and token):
-        try:
-            found = service_address(service_environment(os.environ))
+        env = service_environment(os.environ)
+        try:  # only what a flag did not give is read: a bad PORT does not matter with --url
+            url = url or service_url(env)
+            token = token or service_token(env)
         except BadEnvironment as exc:
             return _fail(command, str(exc), EXIT_USAGE)
-        url, token = url or found.url, token or found.token
     if not token:
         return _fail(
             command,

@@ -18,7 +18,7 @@ import pytest
 
 from control_room.app import Service
 from control_room.jules.simulator import Simulator
-from control_room.watch import BadEnvironment, ServiceAddress, service_address, wants_color
+from control_room.watch import BadEnvironment, service_token, service_url, wants_color
 from tests.conftest import MS, TOKEN, ServiceFactory, connect
 
 WAIT = 10_000 * MS  # a fresh interpreter importing aiohttp takes a moment on a busy machine
@@ -407,15 +407,29 @@ async def test_watch_reads_the_services_own_settings(
 
 
 def test_the_service_address_follows_its_settings(tmp_path: Path) -> None:
-    assert service_address({}) == ServiceAddress("http://127.0.0.1:3001", "")
-    assert service_address({"PORT": "8080", "LOCAL_TOKEN": " a , b"}) == ServiceAddress(
-        "http://127.0.0.1:8080", "a"
-    )
-    assert service_address({"HOST": "::"}).url == "http://[::1]:3001"
-    assert service_address({"HOST": "fd00::5"}).url == "http://[fd00::5]:3001"
-    assert service_address({"HOST": "control.internal"}).url == "http://control.internal:3001"
+    assert (service_url({}), service_token({})) == ("http://127.0.0.1:3001", "")
+    assert service_url({"PORT": "8080", "HOST": "0.0.0.0"}) == "http://127.0.0.1:8080"
+    assert service_url({"HOST": "::"}) == "http://[::1]:3001"
+    assert service_url({"HOST": "fd00::5"}) == "http://[fd00::5]:3001"
+    assert service_url({"HOST": "control.internal"}) == "http://control.internal:3001"
     for port in ("0", "x", "70000", "-1"):
         with pytest.raises(BadEnvironment, match="PORT"):
-            service_address({"PORT": port})
+            service_url({"PORT": port})
+    assert service_token({"LOCAL_TOKEN": " a , b", "LOCAL_TOKEN_FILE": "/nonexistent"}) == "a"
     with pytest.raises(BadEnvironment, match="LOCAL_TOKEN_FILE: cannot read"):
-        service_address({"LOCAL_TOKEN_FILE": str(tmp_path / "missing")})
+        service_token({"LOCAL_TOKEN_FILE": str(tmp_path / "missing")})
+
+
+async def test_a_url_flag_makes_a_bad_port_irrelevant(procs: list[Proc], service: Service) -> None:
+    env = clean_env(PORT="0", LOCAL_TOKEN=TOKEN)  # PORT=0: "any free port", no use to a client
+    p = await Proc.start("sessions", "--url", service.url, env=env)
+    procs.append(p)
+    code, out, err = await p.finish()
+    assert (code, out.strip(), err) == (0, "no sessions", "")
+    p = await Proc.start("sessions", env=env)
+    procs.append(p)
+    code, _, err = await p.finish()
+    assert (code, err.strip()) == (
+        2,
+        "control-room sessions: PORT='0' is not a port a client can connect to; pass --url",
+    )
