@@ -341,17 +341,17 @@ async def test_sessions_says_at_once_why_the_service_is_not_ready_then_exits_1(
         reason = (await resp.json())["message"]
     stable = reason.split(";")[0]  # a countdown after a ";" may move between two answers
 
-    p = await Proc.start("sessions", "--url", svc.url, "--token", TOKEN, "--wait", "2")
+    p = await Proc.start("sessions", "--url", svc.url, "--token", TOKEN, "--wait", "1")
     procs.append(p)
     first = await p.err_until("is not ready")
     assert p.proc.returncode is None, "the reason comes first, not after the wait"
     assert first.startswith(f"control-room sessions: {svc.url} is not ready: {stable}")
-    assert first.endswith("; waiting up to 2 s for it")
+    assert first.endswith("; waiting up to 1 s for it")
     code, out, rest = await p.finish()
     assert (code, out) == (1, "")
     (last,) = rest.strip().splitlines()
     assert last.startswith(
-        f"control-room sessions: {svc.url} is still not ready after 2 s: {stable}"
+        f"control-room sessions: {svc.url} is still not ready after 1 s: {stable}"
     )
 
     p = await Proc.start("sessions", "--url", svc.url, "--token", TOKEN, "--wait", "0")
