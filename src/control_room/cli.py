@@ -9,26 +9,37 @@ import dataclasses
 import errno
 import gc
 import importlib
+import logging
 import os
 import secrets
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Final
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Final, TextIO
 
-from control_room import config
+from control_room import config, render
 from control_room import logging as logs
 from control_room.store.base import SchemaTooNew, StoreError
 from control_room.tasks import run_loop
 
 if TYPE_CHECKING:
     from control_room.app import Service
+    from control_room.broker.base import Batch
 
 EXIT_CONFIG: Final = 2
 DEMO_POLL_INTERVAL_S: Final = 1.0  # the demo should feel live; real accounts keep 5 s
 DEMO_TICK_S: Final = 2.0  # the simulated sessions move every couple of seconds
 DEMO_START_SESSIONS: Final = 8  # enough rows to show every state without scrolling
 DEMO_WARMUP_TICKS: Final = 60  # a bound on the warm-up, whatever the seed
+DEMO_QUIET_LOGGERS: Final = ("control_room.ws",)
+"""A line per delta and per client connecting: the demo's one summary line per poll says it
+all, and `serve` keeps them (LOG_LEVEL=debug keeps them in the demo too)."""
+DEMO_REMIND_S: Final = 60.0
+"""At most this often, a summary line is followed by the dashboard URL: at one poll with
+changes every couple of seconds, a minute of summaries is about a screenful."""
+STDIN_READ_BYTES: Final = 1024  # a line typed at the demo; only its arrival matters
 GC_THRESHOLDS: Final = (50_000, 50, 1_000)
 
 log = logs.get("cli")
@@ -72,6 +83,87 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+class DemoConsole:
+    """The demo's stdout: how to connect, then one calm line per poll that changed something.
+
+    A broker sink (`deliver` gets every published batch). Enter, when stdin is a terminal,
+    shows how to connect again; a one-line reminder of the URL follows a summary when the
+    URL was last shown more than DEMO_REMIND_S ago, so it never scrolls away for long, and
+    an idle console stays still.
+    """
+
+    def __init__(
+        self,
+        service: Service,
+        banner: str,
+        reminder: str,
+        *,
+        out: TextIO | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._service = service
+        self._banner = banner
+        self._reminder = reminder
+        self._out = out if out is not None else sys.stdout
+        self._clock = clock
+        self._shown_at = clock()
+
+    def show(self) -> None:
+        """Print how to connect (the banner)."""
+        self._write(self._banner)
+        self._shown_at = self._clock()
+
+    def deliver(self, batch: Batch) -> None:
+        """One line for a poll's deltas: what changed, and how many sessions and clients."""
+        service = self._service
+        sessions = len(service.poller.sessions) if service.poller is not None else 0
+        types = (delta.type for delta in batch.deltas)
+        self._write(render.poll_summary(types, sessions, len(service.hub), datetime.now(UTC)))
+        if self._clock() - self._shown_at >= DEMO_REMIND_S:
+            self._write(self._reminder)
+            self._shown_at = self._clock()
+
+    def listen_for_enter(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Show the banner again whenever Enter is pressed, if stdin is a terminal."""
+        stdin = sys.stdin
+        if stdin is None or not stdin.isatty():
+            return
+        fd = stdin.fileno()
+
+        def typed() -> None:
+            try:
+                data = os.read(fd, STDIN_READ_BYTES)
+            except OSError:
+                data = b""
+            if not data:  # end of input (Ctrl-D): stop listening
+                loop.remove_reader(fd)
+                return
+            self.show()
+
+        loop.add_reader(fd, typed)
+
+    def _write(self, text: str) -> None:
+        self._out.write(text + "\n")
+        self._out.flush()
+
+
+def _demo_banner(service: Service, token: str, seed: int, interactive: bool) -> str:
+    again = (
+        "  Press Enter to show this again; stop with Ctrl-C."
+        if interactive
+        else ("  Stop with Ctrl-C.")
+    )
+    return (
+        f"\n  Jules Control Room demo (simulated Jules API, seed {seed})\n"
+        f"  Dashboard : {service.url}/#token={token}\n"
+        f"  WebSocket : {service.ws_url}"
+        f"  (Sec-WebSocket-Protocol: control-room.v1, bearer.{token})\n"
+        f"  Token     : {token}\n"
+        f"  Watch     : .venv/bin/control-room watch --url {service.url} --token {token}\n"
+        f"{again}\n"
+    )
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Serve against an embedded simulator, with a generated token, and say how to connect."""
     from control_room.app import Service
@@ -84,6 +176,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     env["JULES_API_KEY"] = api_key = secrets.token_urlsafe(16)
     settings = config.load(env)
     logs.configure(settings.log_level, settings.log_format)
+    if settings.log_level != "debug":
+        for name in DEMO_QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
     seed = args.seed if args.seed is not None else secrets.randbelow(1_000_000)
 
     async def main(stop: asyncio.Event) -> None:
@@ -95,17 +190,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
         async with SimulatorServer(sim, api_key, tick_interval=args.tick) as upstream:
             service = Service(dataclasses.replace(settings, jules_api_base=upstream.base_url))
             await service.start()
-            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, service.reload_secrets)
-            token = settings.local_token
-            print(
-                f"\n  Jules Control Room demo (simulated Jules API, seed {seed})\n"
-                f"  Dashboard : {service.url}/#token={token}\n"
-                f"  WebSocket : {service.ws_url}  (Sec-WebSocket-Protocol: bearer.{token})\n"
-                f"  Token     : {token}\n"
-                f"  Watch     : .venv/bin/control-room watch --url {service.url} --token {token}\n"
-                f"  Stop with Ctrl-C.\n",
-                flush=True,
-            )
+            loop = asyncio.get_running_loop()
+            loop.add_signal_handler(signal.SIGHUP, service.reload_secrets)
+            interactive = sys.stdin is not None and sys.stdin.isatty()
+            banner = _demo_banner(service, settings.local_token, seed, interactive)
+            dashboard = f"{service.url}/#token={settings.local_token}"
+            console = DemoConsole(service, banner, f"          Dashboard : {dashboard}")
+            console.show()
+            service.broker.add_sink(console)
+            console.listen_for_enter(loop)
             try:
                 await stop.wait()
             finally:

@@ -65,6 +65,19 @@ class Unavailable(ControlRoomError):
     """A REST call could not be answered: service unreachable, not ready, or failing."""
 
 
+class NotReady(Unavailable):
+    """The service answered 503: it is up, but has nothing consistent to serve yet.
+
+    `reason` is the service's own message (e.g. `waiting for the Jules API: connection
+    refused to 127.0.0.1:9; retrying in 8 s`); `retry_after` its Retry-After in seconds.
+    """
+
+    def __init__(self, message: str, reason: str, retry_after: float | None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
 class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
     """Every session at a position: the first message of a stream opened with `snapshot`."""
 
@@ -278,25 +291,34 @@ class ControlRoomClient:
         if status == 400:
             raise BadRequest(_error_message(body) or f"{path}: bad request (HTTP 400)")
         if status == 503:
+            reason = _error_message(body) or "service not ready"
             wait = parse_retry_after(retry_after)
-            raise _NotReady(_error_message(body) or "service not ready", wait)
+            raise NotReady(f"{self.url} is not ready: {reason}", reason, wait)
         return status, body
 
-    async def sessions(self, wait_ready: float = NOT_READY_WAIT_S) -> SessionList:
+    async def sessions(
+        self,
+        wait_ready: float = NOT_READY_WAIT_S,
+        on_not_ready: Callable[[NotReady], None] | None = None,
+    ) -> SessionList:
         """Every session and its position (`GET /api/sessions`).
 
-        A service that has not finished its first poll answers 503; this waits for it up to
-        `wait_ready` seconds, then raises Unavailable.
+        A service that has not finished its first poll answers 503 with the reason (say,
+        the Jules API refuses connections); this calls `on_not_ready` with each such answer,
+        asks again for up to `wait_ready` seconds, then raises the last one as NotReady.
+        Unavailable when the service cannot be reached or answers something unexpected.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_ready
         while True:
             try:
                 status, body = await self._get("/api/sessions")
-            except _NotReady as exc:
+            except NotReady as exc:
+                if on_not_ready is not None:
+                    on_not_ready(exc)
                 remaining = deadline - loop.time()
                 if remaining <= 0:
-                    raise Unavailable(f"{self.url}: {exc}") from None
+                    raise
                 pause = min(exc.retry_after or NOT_READY_RETRY_CAP_S, NOT_READY_RETRY_CAP_S)
                 await asyncio.sleep(min(pause, remaining))
                 continue
@@ -319,7 +341,7 @@ class ControlRoomClient:
         query = {"since": str(since or 0), "limit": "0"}
         try:
             status, body = await self._get("/api/deltas", query)
-        except (Unavailable, _NotReady) as exc:
+        except Unavailable as exc:  # NotReady included
             raise _Retry(str(exc)) from exc
         if status not in (200, 410):
             raise _Retry(f"/api/deltas answered HTTP {status}")
@@ -352,11 +374,29 @@ class ControlRoomClient:
             if exc.status == 401:
                 raise Unauthorized(f"{self.url} rejected the token (HTTP 401)") from None
             if exc.status == 400:
-                asked = "&".join(f"{k}={v}" for k, v in query.items())
-                raise BadRequest(f"the service rejected the stream request ?{asked}") from None
+                raise BadRequest(await self._why_refused(query)) from None
             raise _Retry(_describe(exc)) from exc
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise _Retry(_describe(exc)) from exc
+
+    async def _why_refused(self, query: Mapping[str, str]) -> str:
+        """The service's own reason for refusing a stream request with HTTP 400.
+
+        A client cannot read the body of a refused upgrade, so the same position is asked of
+        `/api/deltas`, which checks `since` the same way and says what is wrong with it.
+        """
+        asked = "&".join(f"{k}={v}" for k, v in query.items())
+        fallback = f"the service rejected the stream request ?{asked} (HTTP 400)"
+        since = query.get("since")
+        if since is None:
+            return fallback
+        try:
+            await self._get("/api/deltas", {"since": since, "limit": "0"})
+        except BadRequest as exc:
+            return str(exc)
+        except Unavailable:
+            pass
+        return fallback
 
     async def messages(
         self, since: int | None = None, epoch: str | None = None, snapshot: bool = False
@@ -466,14 +506,6 @@ class ControlRoomClient:
             )
         if self._on_status is not None:
             self._on_status(status)
-
-
-class _NotReady(Exception):
-    """503 before the service's first poll."""
-
-    def __init__(self, message: str, retry_after: float | None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
 
 
 class _ErrorBody(msgspec.Struct):

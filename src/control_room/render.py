@@ -257,3 +257,27 @@ def summary(sessions: Sequence[JulesSession], color: bool = False) -> str:
     noun = "session" if len(sessions) == 1 else "sessions"
     parts = [f"{n} {state(name, color)}" for name, n in counts.most_common()]
     return f"{len(sessions)} {noun}: " + ", ".join(parts)
+
+
+DELTA_TYPES: Final = ("created", "updated", "deleted")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def poll_summary(
+    types: Iterable[str], sessions: int, clients: int, now: datetime, tz: tzinfo | None = None
+) -> str:
+    """One line per poll that changed something, for the demo's console.
+
+    `12:00:03  3 changes: 1 created, 2 updated  (8 sessions, 2 clients)`: the types of the
+    poll's deltas counted (in lifecycle order), then how many sessions and clients there are.
+    """
+    counts = Counter(types)
+    total = sum(counts.values())
+    order = [*DELTA_TYPES, *sorted(counts.keys() - set(DELTA_TYPES))]
+    parts = ", ".join(f"{counts[kind]} {kind}" for kind in order if counts[kind])
+    stamp = now.astimezone(tz).strftime("%H:%M:%S")
+    state = f"{_count(sessions, 'session')}, {_count(clients, 'client')}"
+    return f"{stamp}  {_count(total, 'change')}: {parts}  ({state})"

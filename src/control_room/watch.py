@@ -1,8 +1,12 @@
 """The terminal clients: `control-room watch` (live deltas) and `control-room sessions`.
 
 Both are thin: `control_room.client` speaks the protocol, `control_room.render` formats.
-Exit codes: 0 on success and on Ctrl-C/SIGTERM, 1 when the service cannot be reached
-(`sessions` only: `watch` keeps retrying), 2 for bad arguments, 3 when the token is rejected.
+They find the service as the service finds its settings: `HOST`, `PORT` and `LOCAL_TOKEN`
+(or `LOCAL_TOKEN_FILE`) from the environment over a `.env` file in the working directory;
+`--url` and `--token` win over both.
+Exit codes: 0 on success and on Ctrl-C/SIGTERM, 1 when the service cannot be reached or is
+not ready (`sessions` only: `watch` keeps retrying), 2 for bad arguments, 3 when the token
+is rejected.
 """
 
 from __future__ import annotations
@@ -10,31 +14,42 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ipaddress
 import os
 import shutil
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Final, TextIO
 
 import msgspec
 
 from control_room import render
 from control_room.client import (
+    NOT_READY_WAIT_S,
     BadRequest,
     Connected,
     ConnectionStatus,
     ControlRoomClient,
     ControlRoomError,
+    NotReady,
     Reset,
     Snapshot,
     Unauthorized,
 )
+from control_room.config import DEFAULT_PORT, read_dotenv
 from control_room.models import SessionDelta
 
-DEFAULT_URL: Final = "http://127.0.0.1:3001"
+DEFAULT_HOST: Final = "127.0.0.1"
+DEFAULT_URL: Final = f"http://{DEFAULT_HOST}:{DEFAULT_PORT}"
 TOKEN_ENV: Final = "LOCAL_TOKEN"
+TOKEN_FILE_ENV: Final = "LOCAL_TOKEN_FILE"
+DOTENV: Final = Path(".env")
+# A service bound to every address is reached on loopback, as a browser on the host would.
+ANY_ADDRESS: Final = {"0.0.0.0": "127.0.0.1", "::": "::1", "": DEFAULT_HOST}
 
 EXIT_OK: Final = 0
 EXIT_UNREACHABLE: Final = 1
@@ -62,11 +77,84 @@ def _seq(text: str) -> int:
     return value
 
 
+@dataclass(frozen=True)
+class ServiceAddress:
+    """Where the service configured by an environment listens, and a token it accepts."""
+
+    url: str
+    token: str
+
+
+class BadEnvironment(ValueError):
+    """The environment names the service in a way a client cannot use; says which variable."""
+
+
+def service_environment(environ: Mapping[str, str], dotenv: Path | None = DOTENV) -> dict[str, str]:
+    """The variables the service would read: `environ` over the `.env` file (if any)."""
+    env = read_dotenv(dotenv) if dotenv is not None else {}
+    env.update(environ)
+    return env
+
+
+def service_url(env: Mapping[str, str]) -> str:
+    """The URL of the service that `env` configures: `http://HOST:PORT`.
+
+    `HOST` 0.0.0.0 or :: becomes loopback (an IPv6 address gets brackets). Raises
+    BadEnvironment for a `PORT` a client cannot connect to (0 means "any free port").
+    """
+    raw_host = env.get("HOST", "").strip()
+    host = ANY_ADDRESS.get(raw_host, raw_host)
+    with contextlib.suppress(ValueError):
+        if ipaddress.ip_address(host).version == 6:
+            host = f"[{host}]"
+    raw_port = env.get("PORT", "").strip() or str(DEFAULT_PORT)
+    if not raw_port.isdigit() or not 0 < int(raw_port) < 65536:
+        raise BadEnvironment(f"PORT={raw_port!r} is not a port a client can connect to; pass --url")
+    return f"http://{host}:{int(raw_port)}"
+
+
+def service_token(env: Mapping[str, str]) -> str:
+    """A token the service that `env` configures accepts; "" when none is set.
+
+    The first of `LOCAL_TOKEN` (which may list several, comma-separated), else the first
+    line of the `LOCAL_TOKEN_FILE`; BadEnvironment when that file cannot be read.
+    """
+    listed = [t.strip() for t in env.get(TOKEN_ENV, "").split(",") if t.strip()]
+    if listed:
+        return listed[0]
+    path = env.get(TOKEN_FILE_ENV, "").strip()
+    if not path:
+        return ""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise BadEnvironment(f"{TOKEN_FILE_ENV}: cannot read {path}: {exc.strerror}") from None
+    return next((line.strip() for line in lines if line.strip()), "")
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value >= 0:  # NaN too
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}")
+    return value
+
+
 def _connection_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--url", default=DEFAULT_URL, help=f"the service's base URL (default {DEFAULT_URL})"
+        "--url",
+        default=None,
+        help=f"the service's base URL (default: http://HOST:PORT from the environment or"
+        f" .env, as `serve` reads them; else {DEFAULT_URL})",
     )
-    parser.add_argument("--token", default=None, help=f"the service's token (or {TOKEN_ENV})")
+    parser.add_argument(
+        "--token",
+        default=None,
+        help=f"the service's token (default: {TOKEN_ENV} or {TOKEN_FILE_ENV}, from the"
+        " environment or .env)",
+    )
     parser.add_argument("--no-color", action="store_true", help="never colour the output")
 
 
@@ -89,6 +177,14 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     )
     _connection_args(sessions)
     sessions.add_argument("--json", action="store_true", help="print the listing as JSON")
+    sessions.add_argument(
+        "--wait",
+        type=_seconds,
+        default=NOT_READY_WAIT_S,
+        metavar="SECONDS",
+        help="how long to wait for a service that is not ready yet, e.g. still waiting for"
+        f" the Jules API (default {NOT_READY_WAIT_S:.0f}; 0: do not wait)",
+    )
     sessions.set_defaults(func=cmd_sessions)
 
 
@@ -97,15 +193,33 @@ def _fail(command: str, message: str, code: int) -> int:
     return code
 
 
-def _make_client(
-    command: str, args: argparse.Namespace, on_status: Callable[[ConnectionStatus], None] | None
-) -> ControlRoomClient | int:
-    """The client for the arguments, or the exit code of a one-line usage error."""
-    token = args.token or os.environ.get(TOKEN_ENV, "")
+def _resolve(command: str, args: argparse.Namespace) -> ServiceAddress | int:
+    """`--url` and `--token`, else the service's own settings; or a usage error's exit code."""
+    url, token = args.url, args.token
+    if not (url and token):
+        env = service_environment(os.environ)
+        try:  # only what a flag did not give is read: a bad PORT does not matter with --url
+            url = url or service_url(env)
+            token = token or service_token(env)
+        except BadEnvironment as exc:
+            return _fail(command, str(exc), EXIT_USAGE)
     if not token:
-        return _fail(command, f"no token: pass --token or set {TOKEN_ENV}", EXIT_USAGE)
+        return _fail(
+            command,
+            f"no token: pass --token, or set {TOKEN_ENV} (in the environment or .env)",
+            EXIT_USAGE,
+        )
+    return ServiceAddress(url, token)
+
+
+def _make_client(
+    command: str,
+    address: ServiceAddress,
+    on_status: Callable[[ConnectionStatus], None] | None,
+) -> ControlRoomClient | int:
+    """The client for the address, or the exit code of a one-line usage error."""
     try:
-        return ControlRoomClient(args.url, token, on_status=on_status)
+        return ControlRoomClient(address.url, address.token, on_status=on_status)
     except ValueError as exc:
         return _fail(command, str(exc), EXIT_USAGE)
 
@@ -199,10 +313,13 @@ def cmd_watch(args: argparse.Namespace) -> int:
     """`control-room watch`: one line per delta (or raw JSON), until Ctrl-C."""
     if args.epoch is not None and args.since is None:
         return _fail("watch", "--epoch needs --since", EXIT_USAGE)
+    address = _resolve("watch", args)
+    if isinstance(address, int):
+        return address
     env = dict(os.environ)
     color = wants_color(sys.stdout, args.no_color, env)
-    status = _StatusPrinter(args.url, wants_color(sys.stderr, args.no_color, env))
-    client = _make_client("watch", args, status)
+    status = _StatusPrinter(address.url, wants_color(sys.stderr, args.no_color, env))
+    client = _make_client("watch", address, status)
     if isinstance(client, int):
         return client
     out = _Out(sys.stdout)
@@ -234,15 +351,27 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 def cmd_sessions(args: argparse.Namespace) -> int:
     """`control-room sessions`: the current sessions as a table (or JSON)."""
+    address = _resolve("sessions", args)
+    if isinstance(address, int):
+        return address
     color = wants_color(sys.stdout, args.no_color, dict(os.environ))
-    client = _make_client("sessions", args, None)
+    client = _make_client("sessions", address, None)
     if isinstance(client, int):
         return client
     out = _Out(sys.stdout)
+    err = _Out(sys.stderr)
+    said = False
+
+    def not_ready(exc: NotReady) -> None:
+        """Say at once why the service cannot answer yet, then wait (quietly)."""
+        nonlocal said
+        if args.wait and not said:
+            said = True
+            err.line(f"control-room sessions: {exc}; waiting up to {args.wait:g} s for it")
 
     async def main() -> int:
         async with client:
-            listing = await client.sessions()
+            listing = await client.sessions(args.wait, on_not_ready=not_ready)
         if args.json:
             out.line(msgspec.json.encode(listing).decode())
             return EXIT_OK
@@ -258,7 +387,10 @@ def cmd_sessions(args: argparse.Namespace) -> int:
         return _run_until_signal(main)
     except Unauthorized as exc:
         return _fail("sessions", f"{exc}; check --token or {TOKEN_ENV}", EXIT_UNAUTHORIZED)
-    except ControlRoomError as exc:  # Unavailable, mostly: unreachable or not ready
+    except NotReady as exc:
+        still = f"still not ready after {args.wait:g} s" if args.wait else "not ready"
+        return _fail("sessions", f"{address.url} is {still}: {exc.reason}", EXIT_UNREACHABLE)
+    except ControlRoomError as exc:  # Unavailable, mostly: unreachable
         return _fail("sessions", str(exc), EXIT_UNREACHABLE)
     except BrokenPipeError:
         return _quiet_broken_pipe()

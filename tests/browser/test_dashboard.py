@@ -70,17 +70,23 @@ async def rendered_rows(page: Page) -> dict[str, str]:
     return rows
 
 
-async def api_sessions(service: Service) -> dict[str, Any]:
-    """GET /api/sessions as a client would."""
+async def get_sessions(service: Service) -> tuple[int, dict[str, Any]]:
+    """GET /api/sessions as a client would: the status and the JSON body."""
     async with (
         aiohttp.ClientSession() as http,
         http.get(
             f"{service.url}/api/sessions", headers={"Authorization": f"Bearer {TOKEN}"}
         ) as response,
     ):
-        assert response.status == 200
         body: dict[str, Any] = await response.json()
-        return body
+        return response.status, body
+
+
+async def api_sessions(service: Service) -> dict[str, Any]:
+    """The body of a successful GET /api/sessions."""
+    status, body = await get_sessions(service)
+    assert status == 200
+    return body
 
 
 @pytest.fixture
@@ -368,3 +374,37 @@ async def test_screenshot_of_a_realistic_board(page: Page, scheme: str) -> None:
             await page.screenshot(path=ARTIFACTS / name, full_page=True, animations="disabled")
         finally:
             await service.stop()
+
+
+async def test_a_dead_jules_api_is_named_as_such_and_the_page_recovers(
+    page: Page, sim: Simulator, make_service: ServiceFactory
+) -> None:
+    """The service is up, Jules is not: the page says so (not "Reconnecting"), then goes live."""
+    async with SimulatorServer(sim, API_KEY) as gone:
+        port = gone.port  # closed once the block ends: connections to it are refused
+    service = await make_service(jules_api_base=f"http://127.0.0.1:{port}/v1alpha")
+    sim.create(repo="acme/web-app", title="Fix flaky login test")
+    status, body = await get_sessions(service)
+    assert status == 503
+    # Whatever the service knows of the upstream's problem is what the page must show.
+    said = body.get("upstream", {}).get("detail") or body["message"]
+
+    await page.goto(f"{service.url}/#token={TOKEN}")
+
+    connection = page.get_by_test_id("connection")
+    banner = page.get_by_test_id("connection-banner")
+    await expect(connection).to_have_attribute("data-state", "waiting", timeout=LIVE_TIMEOUT_MS)
+    await expect(banner).to_contain_text(
+        f"Connected to the control room; waiting for the Jules API: {said}, retrying in"
+    )
+    await expect(connection).not_to_contain_text("Reconnecting")
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page.screenshot(path=ARTIFACTS / "dashboard-waiting-for-jules.png")
+
+    async with SimulatorServer(sim, API_KEY, port=port):  # Jules is back
+        await poll(service)
+        # What "Retry now" does, without waiting out the service's Retry-After (2 s).
+        await page.evaluate("window.controlRoom.stream.retryNow()")
+        await expect(connection).to_have_attribute("data-state", "live", timeout=LIVE_TIMEOUT_MS)
+        await expect(banner).to_be_hidden()
+        await expect(page.get_by_test_id("session-row")).to_have_count(1)

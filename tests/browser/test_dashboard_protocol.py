@@ -1,4 +1,5 @@
-"""The page's protocol edge cases, against a scripted server: duplicates, gaps, a bad resume.
+"""The page's protocol edge cases, against a scripted server: duplicates, gaps, a bad resume,
+and what it says when the service answers 503 `not_ready`, another error, or nothing at all.
 
 The real service never sends a duplicate or skips a seq on one connection, so these cases
 need a server that misbehaves on purpose. It is still a real HTTP and WebSocket server on
@@ -8,6 +9,7 @@ loopback serving the real page; only its script is fixed.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -65,6 +67,8 @@ class ScriptedServer:
         self.refuse_resume = refuse_resume
         self.connections: list[dict[str, str]] = []
         self.url = ""
+        self.sessions_answer: Callable[[], web.Response] | None = None
+        """Makes what GET /api/sessions answers (to a good token) instead of the snapshot."""
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
@@ -88,6 +92,8 @@ class ScriptedServer:
     async def _sessions(self, request: web.Request) -> web.Response:
         if request.headers.get("Authorization") != f"Bearer {TOKEN}":
             return web.json_response({"error": "unauthorized"}, status=401)
+        if self.sessions_answer is not None:
+            return self.sessions_answer()
         sessions = [session("a", "QUEUED", "2025-01-01T00:00:00Z")]
         return web.json_response({"sessions": sessions, "seq": 5, "epoch": EPOCH})
 
@@ -216,3 +222,85 @@ async def test_a_refused_resume_falls_back_to_a_snapshot(
         {"since": "5", "epoch": EPOCH},
         {"snapshot": "1"},
     ]
+
+
+# The 503 of a service whose upstream refuses connections (issue 9's body), and the older
+# body without `upstream`: the page must read both.
+UPSTREAM_DOWN = {
+    "error": "not_ready",
+    "message": "waiting for the Jules API: connection refused to 127.0.0.1:9; retrying in 8 s",
+    "upstream": {
+        "reason": "upstream_network",
+        "detail": "connection refused to 127.0.0.1:9",
+        "retryInSeconds": 8.0,
+        "consecutiveFailures": 3,
+    },
+}
+FIRST_POLL = {"error": "not_ready", "message": "the first poll has not completed"}
+
+
+def not_ready(body: dict[str, Any], retry_after: str) -> Callable[[], web.Response]:
+    """A 503 as the service sends it (a new response each time: one cannot be sent twice)."""
+    return lambda: web.json_response(body, status=503, headers={"Retry-After": retry_after})
+
+
+async def test_the_page_says_why_it_is_not_live(
+    page: Page, scripted: Callable[..., Awaitable[ScriptedServer]]
+) -> None:
+    """Waiting for Jules, an error answer, an unreachable service: each said as it is."""
+
+    async def script(ws: web.WebSocketResponse, query: dict[str, str]) -> None:
+        snapshot = [session("a", "QUEUED", "2025-01-01T00:00:00Z")]
+        await ws.send_json({"type": "snapshot", "epoch": EPOCH, "seq": 5, "sessions": snapshot})
+
+    server = await scripted(script)
+    server.sessions_answer = not_ready(UPSTREAM_DOWN, "8")
+    await page.goto(f"{server.url}/#token={TOKEN}")
+
+    connection = page.get_by_test_id("connection")
+    banner = page.get_by_test_id("connection-banner")
+    await expect(connection).to_have_attribute("data-state", "waiting", timeout=TIMEOUT_MS)
+    await expect(connection).to_contain_text("Waiting for Jules")
+    await expect(banner).to_have_text(
+        re.compile(
+            r"^\s*Connected to the control room; waiting for the Jules API: "
+            r"connection refused to 127\.0\.0\.1:9, retrying in [4-8] s\s*$"
+        )
+    )
+    await expect(banner).to_have_attribute("data-cause", "upstream")
+    assert server.connections == [], "no socket is tried while the service is not ready"
+
+    # An older service says only `message`, with its own Retry-After.
+    server.sessions_answer = not_ready(FIRST_POLL, "2")
+    await page.get_by_test_id("retry").click()
+    await expect(banner).to_contain_text(
+        "waiting for the Jules API: the first poll has not completed, retrying in"
+    )
+
+    # Any other answer is not "waiting": it names the status and the service's message.
+    server.sessions_answer = lambda: web.json_response(
+        {"error": "internal", "message": "the store is read-only"}, status=500
+    )
+    await page.get_by_test_id("retry").click()
+    await expect(banner).to_contain_text(
+        "The control room answered HTTP 500: the store is read-only, retrying in"
+    )
+    # Retried on the page's own backoff, and never called "offline": the service answers.
+    await page.wait_for_function("() => window.controlRoom.stream.stats.reconnects >= 6")
+    await expect(connection).to_have_attribute("data-state", "reconnecting")
+
+    # Ready again: live, and the banner is gone. (Not a click: after an error the page
+    # retries on its own short test backoff, so the button comes and goes.)
+    server.sessions_answer = None
+    await page.evaluate("window.controlRoom.stream.retryNow()")
+    await expect(connection).to_have_attribute("data-state", "live", timeout=TIMEOUT_MS)
+    await expect(banner).to_be_hidden()
+    await expect(page.get_by_test_id("session-row")).to_have_count(1)
+
+    # The service goes away: the page says it cannot reach it (not "waiting for Jules").
+    await server.stop()
+    await expect(banner).to_contain_text(
+        f"Cannot reach the control room at {server.url.removeprefix('http://')}",
+        timeout=TIMEOUT_MS,
+    )
+    await expect(banner).to_have_attribute("data-cause", "unreachable")

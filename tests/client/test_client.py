@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -23,6 +24,7 @@ from control_room.client import (
     Disconnected,
     Event,
     Message,
+    NotReady,
     Reset,
     Snapshot,
     Unauthorized,
@@ -309,9 +311,15 @@ async def test_sessions_gives_up_when_the_service_stays_unready(
     monkeypatch.setattr(client_module, "NOT_READY_RETRY_CAP_S", 20 * MS)
     sim.faults.fail(n=1000)  # the upstream never answers: no baseline
     svc = await make_service()
+    seen: list[NotReady] = []
     async with ControlRoomClient(svc.url, TOKEN) as client:
-        with pytest.raises(Unavailable, match=r"waiting for the Jules API: .* answered HTTP 500"):
-            await client.sessions(wait_ready=100 * MS)
+        with pytest.raises(NotReady) as given_up:
+            await client.sessions(wait_ready=100 * MS, on_not_ready=seen.append)
+    # The service's own reason, told at once (the first answer) and again at the end.
+    assert seen and seen[-1] is given_up.value
+    assert re.match(r"waiting for the Jules API: .* answered HTTP 500", given_up.value.reason)
+    assert str(given_up.value) == f"{svc.url} is not ready: {given_up.value.reason}"
+    assert isinstance(given_up.value, Unavailable)  # what callers caught before
 
 
 async def test_sessions_says_when_nothing_listens() -> None:

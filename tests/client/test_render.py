@@ -200,3 +200,14 @@ def test_every_rfc3339_form_shows_and_sorts_by_its_instant() -> None:
         (["1", "h", "ago"], "upper"),
     ]
     assert render.clock("2026-01-01t10:01:00z", UTC) == "10:01:00"
+
+
+def test_poll_summary_counts_a_polls_deltas_in_lifecycle_order() -> None:
+    noon = datetime(2025, 11, 10, 12, 0, 3, tzinfo=UTC)
+    line = render.poll_summary(["updated", "created", "updated"], 8, 2, noon, UTC)
+    assert line == "12:00:03  3 changes: 1 created, 2 updated  (8 sessions, 2 clients)"
+    one = render.poll_summary(["deleted"], 1, 1, noon, UTC)
+    assert one == "12:00:03  1 change: 1 deleted  (1 session, 1 client)"
+    # A type this version does not know is still counted, after the known ones.
+    odd = render.poll_summary(["archived", "created"], 0, 0, noon, UTC)
+    assert odd == "12:00:03  2 changes: 1 created, 1 archived  (0 sessions, 0 clients)"

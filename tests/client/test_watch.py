@@ -6,6 +6,7 @@ import asyncio
 import io
 import os
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 
 from control_room.app import Service
 from control_room.jules.simulator import Simulator
-from control_room.watch import wants_color
+from control_room.watch import BadEnvironment, service_token, service_url, wants_color
 from tests.conftest import MS, TOKEN, ServiceFactory, connect
 
 WAIT = 10_000 * MS  # a fresh interpreter importing aiohttp takes a moment on a busy machine
@@ -30,10 +31,22 @@ def command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "control_room.cli"]
 
 
+# What would point the commands at a service other than the test's, or change their output.
+AMBIENT: tuple[str, ...] = ("LOCAL_TOKEN", "LOCAL_TOKEN_FILE", "PORT", "HOST", "NO_COLOR")
+
+
 def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_TOKEN", "NO_COLOR")}
+    env = {k: v for k, v in os.environ.items() if k not in AMBIENT}
     env.update(extra)
     return env
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (it was free a moment ago)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
 
 
 class Proc:
@@ -44,7 +57,9 @@ class Proc:
         self.stderr: list[str] = []
 
     @classmethod
-    async def start(cls, *args: str, env: dict[str, str] | None = None) -> Proc:
+    async def start(
+        cls, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+    ) -> Proc:
         proc = await asyncio.create_subprocess_exec(
             *command(),
             *args,
@@ -52,6 +67,7 @@ class Proc:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             env=env if env is not None else clean_env(),
+            cwd=cwd,
         )
         return cls(proc)
 
@@ -311,3 +327,107 @@ def test_colour_only_on_a_terminal_and_never_against_the_user() -> None:
     finally:
         os.close(master)
     assert not wants_color(io.StringIO(), no_color_flag=False, environ={})
+
+
+async def test_sessions_says_at_once_why_the_service_is_not_ready_then_exits_1(
+    procs: list[Proc], http: aiohttp.ClientSession, make_service: ServiceFactory
+) -> None:
+    # The service is up; the Jules API it polls refuses connections, so it is never ready.
+    svc = await make_service(jules_api_base=f"http://127.0.0.1:{closed_port()}/v1alpha")
+    async with http.get(svc.url + "/api/sessions", headers=AUTH) as resp:
+        assert resp.status == 503
+        reason = (await resp.json())["message"]
+    stable = reason.split(";")[0]  # a countdown after a ";" may move between two answers
+
+    p = await Proc.start("sessions", "--url", svc.url, "--token", TOKEN, "--wait", "1")
+    procs.append(p)
+    first = await p.err_until("is not ready")
+    assert p.proc.returncode is None, "the reason comes first, not after the wait"
+    assert first.startswith(f"control-room sessions: {svc.url} is not ready: {stable}")
+    assert first.endswith("; waiting up to 1 s for it")
+    code, out, rest = await p.finish()
+    assert (code, out) == (1, "")
+    (last,) = rest.strip().splitlines()
+    assert last.startswith(
+        f"control-room sessions: {svc.url} is still not ready after 1 s: {stable}"
+    )
+
+    p = await Proc.start("sessions", "--url", svc.url, "--token", TOKEN, "--wait", "0")
+    procs.append(p)
+    code, out, err = await p.finish()
+    assert (code, out) == (1, "")
+    (only,) = err.strip().splitlines()
+    assert only.startswith(f"control-room sessions: {svc.url} is not ready: {stable}")
+
+
+@pytest.mark.parametrize(
+    ("where", "code"),
+    [("dotenv", 0), ("environment over dotenv", 0), ("flags over both", 1)],
+)
+async def test_sessions_reads_the_services_own_settings(
+    procs: list[Proc], service: Service, tmp_path: Path, where: str, code: int
+) -> None:
+    """PORT, HOST and LOCAL_TOKEN as `serve` reads them: the environment over `.env`."""
+    dead = closed_port()
+    env = clean_env()
+    args = ["sessions"]
+    if where == "dotenv":  # a service bound to every address is reached on loopback
+        dotenv = f"HOST=0.0.0.0\nPORT={service.port}\nLOCAL_TOKEN={TOKEN},another-token\n"
+    else:
+        dotenv = f"PORT={dead}\nLOCAL_TOKEN=wrong-token\n"
+        env.update(PORT=str(service.port), LOCAL_TOKEN=TOKEN)
+    if where == "flags over both":
+        args += ["--url", f"http://127.0.0.1:{dead}"]
+    (tmp_path / ".env").write_text(dotenv)
+
+    p = await Proc.start(*args, env=env, cwd=tmp_path)
+    procs.append(p)
+    got, out, err = await p.finish()
+    assert got == code, err
+    if code == 0:
+        assert out.strip() == "no sessions"
+    else:
+        assert f"cannot connect to 127.0.0.1:{dead}" in err
+
+
+async def test_watch_reads_the_services_own_settings(
+    procs: list[Proc], service: Service, tmp_path: Path
+) -> None:
+    (tmp_path / ".env").write_text(f"PORT={service.port}\n")
+    token_file = tmp_path / "tokens"
+    token_file.write_text(f"\n{TOKEN}\nanother-token\n")
+    env = clean_env(LOCAL_TOKEN_FILE=str(token_file))
+    p = await Proc.start("watch", env=env, cwd=tmp_path)
+    procs.append(p)
+    line = await p.err_until("watching")
+    assert line.startswith(f"watching http://127.0.0.1:{service.port}, from seq 0")
+    assert await p.stop() == 0
+
+
+def test_the_service_address_follows_its_settings(tmp_path: Path) -> None:
+    assert (service_url({}), service_token({})) == ("http://127.0.0.1:3001", "")
+    assert service_url({"PORT": "8080", "HOST": "0.0.0.0"}) == "http://127.0.0.1:8080"
+    assert service_url({"HOST": "::"}) == "http://[::1]:3001"
+    assert service_url({"HOST": "fd00::5"}) == "http://[fd00::5]:3001"
+    assert service_url({"HOST": "control.internal"}) == "http://control.internal:3001"
+    for port in ("0", "x", "70000", "-1"):
+        with pytest.raises(BadEnvironment, match="PORT"):
+            service_url({"PORT": port})
+    assert service_token({"LOCAL_TOKEN": " a , b", "LOCAL_TOKEN_FILE": "/nonexistent"}) == "a"
+    with pytest.raises(BadEnvironment, match="LOCAL_TOKEN_FILE: cannot read"):
+        service_token({"LOCAL_TOKEN_FILE": str(tmp_path / "missing")})
+
+
+async def test_a_url_flag_makes_a_bad_port_irrelevant(procs: list[Proc], service: Service) -> None:
+    env = clean_env(PORT="0", LOCAL_TOKEN=TOKEN)  # PORT=0: "any free port", no use to a client
+    p = await Proc.start("sessions", "--url", service.url, env=env)
+    procs.append(p)
+    code, out, err = await p.finish()
+    assert (code, out.strip(), err) == (0, "no sessions", "")
+    p = await Proc.start("sessions", env=env)
+    procs.append(p)
+    code, _, err = await p.finish()
+    assert (code, err.strip()) == (
+        2,
+        "control-room sessions: PORT='0' is not a port a client can connect to; pass --url",
+    )

@@ -17,12 +17,16 @@ const input = $('token-input');
 const tokenError = $('token-error');
 const connection = $('connection');
 const connectionText = $('connection-text');
+const banner = $('connection-banner');
+const bannerText = $('connection-message');
+const bannerCountdown = $('connection-banner-countdown');
 const retryButton = $('retry');
 const changeTokenButton = $('change-token');
 
 const dashboard = new Dashboard(document);
 let stream = null;
-let status = { state: 'idle', retryAt: 0, detail: '' };
+const IDLE = Object.freeze({ state: 'idle', retryAt: 0, detail: '', cause: '', status: 0 });
+let status = IDLE;
 let countdownTimer = 0;
 let snapshots = 0;
 let lastEpoch = null;
@@ -53,13 +57,19 @@ function takeTokenFromFragment() {
   return Boolean(token);
 }
 
+function secondsLeft(retryAt) {
+  return retryAt ? Math.max(0, Math.ceil((retryAt - Date.now()) / 1000)) : 0;
+}
+
 function statusText({ state, retryAt }) {
-  const seconds = retryAt ? Math.max(0, Math.ceil((retryAt - Date.now()) / 1000)) : 0;
+  const seconds = secondsLeft(retryAt);
   switch (state) {
     case 'live':
       return ['Live', ''];
     case 'syncing':
       return ['Syncing…', ''];
+    case 'waiting': // the banner below says why and counts down
+      return ['Waiting for Jules', ''];
     case 'reconnecting':
       return retryAt ? ['Reconnecting', `in ${seconds} s`] : ['Reconnecting…', ''];
     case 'offline':
@@ -73,6 +83,27 @@ function statusText({ state, retryAt }) {
   }
 }
 
+/**
+ * The sentence under the top bar that says why the page is not live, or '' when the pill
+ * says enough. What the service knows beats a generic "reconnecting": a service that is up
+ * but cannot reach Jules must not look like a service that is down.
+ */
+function bannerMessage({ state, cause, detail, status: httpStatus }) {
+  if (state === 'waiting') {
+    return `Connected to the control room; waiting for the Jules API: ${detail}`;
+  }
+  if (state !== 'reconnecting' && state !== 'offline') return '';
+  if (cause === 'offline') return 'This browser is offline';
+  if (cause === 'unreachable') {
+    return `Cannot reach the control room at ${window.location.host}: is it running?`;
+  }
+  if (cause === 'http') {
+    const why = detail ? `: ${detail}` : '';
+    return `The control room answered HTTP ${httpStatus}${why}`;
+  }
+  return '';
+}
+
 function drawStatus() {
   const [text, countdown] = statusText(status);
   connection.dataset.state = status.state;
@@ -80,6 +111,14 @@ function drawStatus() {
   const countdownEl = $('connection-countdown');
   if (countdownEl.textContent !== countdown) countdownEl.textContent = countdown;
   connection.title = status.detail ? `${text} (${status.detail})` : text;
+  const message = bannerMessage(status);
+  banner.hidden = !message;
+  banner.dataset.cause = status.state === 'waiting' ? 'upstream' : status.cause;
+  if (bannerText.textContent !== message) bannerText.textContent = message;
+  const seconds = secondsLeft(status.retryAt);
+  let retry = '';
+  if (message && status.retryAt) retry = seconds ? `, retrying in ${seconds} s` : ', retrying now';
+  if (bannerCountdown.textContent !== retry) bannerCountdown.textContent = retry;
 }
 
 function showStatus(next) {
@@ -88,7 +127,9 @@ function showStatus(next) {
   clearInterval(countdownTimer);
   if (next.retryAt) countdownTimer = setInterval(drawStatus, COUNTDOWN_TICK_MS);
   drawStatus();
-  const waiting = (next.state === 'reconnecting' || next.state === 'offline') && next.retryAt;
+  const waiting =
+    (next.state === 'reconnecting' || next.state === 'offline' || next.state === 'waiting') &&
+    next.retryAt;
   retryButton.hidden = !waiting;
   dashboard.setStale(next.state !== 'live');
   if (wasLive && next.state !== 'live') interrupted = true;
@@ -147,7 +188,7 @@ function start(token) {
 function startFromStorage() {
   const token = sessionStorage.getItem(TOKEN_KEY);
   if (!token) {
-    showStatus({ state: 'idle', retryAt: 0, detail: '' });
+    showStatus(IDLE);
     askForToken('');
   } else if (!isValidToken(token)) {
     sessionStorage.removeItem(TOKEN_KEY);
@@ -178,7 +219,7 @@ form.addEventListener('submit', (event) => {
 retryButton.addEventListener('click', () => stream?.retryNow());
 changeTokenButton.addEventListener('click', () => {
   sessionStorage.removeItem(TOKEN_KEY);
-  showStatus({ state: 'idle', retryAt: 0, detail: '' });
+  showStatus(IDLE);
   askForToken('');
 });
 // Pasting a new `/#token=…` link into this tab does not reload the page: pick it up.

@@ -6,6 +6,12 @@
 // resumes with ?since=<seq>&epoch=<epoch>. A `reset` reloads GET /api/sessions while the
 // socket stays open, buffering live deltas until the reload lands. Duplicates (seq <= last)
 // are dropped; a gap (seq > last + 1) resumes from the last good seq on a fresh socket.
+//
+// When a socket cannot open, the browser does not say why (the HTTP status of a refused
+// upgrade is hidden from pages), so the stream asks GET /api/sessions, which answers the
+// same way, and tells four causes apart: the service is unreachable, the token is rejected
+// (401), the service is up but waiting for the Jules API (503 `not_ready`, whose body says
+// what is wrong upstream and when the service tries again), or another HTTP answer.
 
 export const APP_PROTOCOL = 'control-room.v1';
 export const BEARER_PREFIX = 'bearer.';
@@ -15,6 +21,8 @@ const BACKOFF_MAX_MS = 30_000; // an all-day tab retries twice a minute while th
 const STABLE_MS = 10_000; // a socket that lived this long was healthy: the backoff starts over
 const OFFLINE_AFTER_FAILURES = 4; // ~10 s of failed attempts: call it offline, not a blip
 const RETRY_AFTER_DEFAULT_MS = 2000; // the service's own Retry-After before its first poll
+const WAITING_MARGIN_MS = 250; // ask a moment after the service's own retry, not during it
+const WAITING_JITTER_MS = 500; // a hundred waiting tabs do not ask in the same millisecond
 const CLOSE_RESYNC = 4000; // private-use close code (RFC 6455 4000-4999): we saw a gap
 
 // RFC 7230 token characters: all a WebSocket subprotocol (and so `bearer.<token>`) may carry.
@@ -34,9 +42,12 @@ export function socketUrl(location) {
 /**
  * A self-healing subscription to the delta stream.
  *
- * Handlers: onStatus({state, retryAt, detail}), onSnapshot(sessions, position),
+ * Handlers: onStatus({state, retryAt, detail, cause, status}), onSnapshot(sessions, position),
  * onDelta(delta, position), onUnauthorized(). States: connecting, syncing, live,
- * reconnecting, offline, unauthorized.
+ * reconnecting, waiting (the service is up; the Jules API is not yet), offline, unauthorized.
+ * `cause` says why a wait started: `unreachable` (no answer from the service), `upstream`
+ * (503 not_ready: `detail` is the upstream's problem), `http` (another answer: `status`),
+ * `lost` (an open socket closed), `refused` (the socket was refused though REST works).
  */
 export class Stream {
   #token;
@@ -53,7 +64,7 @@ export class Stream {
   #onOnline = () => this.retryNow();
   #onOffline = () => this.#announceWaiting();
   #retryAt = 0;
-  #detail = '';
+  #waiting = { cause: '', detail: '', status: 0 };
 
   /** Counters a test or a curious reader can inspect. */
   stats = { duplicates: 0, gaps: 0, resets: 0, reconnects: 0 };
@@ -108,7 +119,7 @@ export class Stream {
   }
 
   #status(state, extra = {}) {
-    this.#handlers.onStatus({ state, retryAt: 0, detail: '', ...extra });
+    this.#handlers.onStatus({ state, retryAt: 0, detail: '', cause: '', status: 0, ...extra });
   }
 
   async #connect() {
@@ -120,11 +131,7 @@ export class Stream {
     if (this.#position === null) {
       const probe = await this.#fetchSessions({ wantBody: false });
       if (generation !== this.#generation) return;
-      if (probe.kind === 'unauthorized') return this.#unauthorized();
-      if (probe.kind === 'not_ready') {
-        return this.#retryLater('server starting', probe.retryAfterMs);
-      }
-      if (probe.kind !== 'ok') return this.#retryLater('server unreachable');
+      if (probe.kind !== 'ok') return this.#notServing(probe);
       query = '?snapshot=1';
     } else {
       const { seq, epoch } = this.#position;
@@ -153,7 +160,7 @@ export class Stream {
       if (this.#stopped) return;
       if (openedAt && performance.now() - openedAt > STABLE_MS) this.#attempt = 0;
       if (!openedAt) this.#refused(generation);
-      else this.#retryLater('connection lost');
+      else this.#retryLater({ cause: 'lost', detail: 'connection lost' });
     };
   }
 
@@ -161,16 +168,27 @@ export class Stream {
   async #refused(generation) {
     const probe = await this.#fetchSessions({ wantBody: false });
     if (generation !== this.#generation || this.#stopped) return;
+    if (probe.kind !== 'ok') return this.#notServing(probe);
+    // The server is up and takes the token, yet refused the socket: most likely a 400 for
+    // a resume position it does not know. A snapshot is always a valid way back in.
+    this.#position = null;
+    this.#retryLater({ cause: 'refused', detail: 'connection refused' });
+  }
+
+  /** GET /api/sessions did not answer 200: say why, and come back when it makes sense. */
+  #notServing(probe) {
     if (probe.kind === 'unauthorized') return this.#unauthorized();
     if (probe.kind === 'not_ready') {
-      return this.#retryLater('server starting', probe.retryAfterMs);
+      return this.#retryLater({
+        cause: 'upstream',
+        detail: probe.detail,
+        minimumMs: probe.retryAfterMs,
+      });
     }
-    if (probe.kind === 'ok') {
-      // The server is up and takes the token, yet refused the socket: most likely a 400 for
-      // a resume position it does not know. A snapshot is always a valid way back in.
-      this.#position = null;
+    if (probe.kind === 'error') {
+      return this.#retryLater({ cause: 'http', detail: probe.detail, status: probe.status });
     }
-    this.#retryLater(probe.kind === 'ok' ? 'connection refused' : 'server unreachable');
+    return this.#retryLater({ cause: 'unreachable', detail: 'no answer from the service' });
   }
 
   #message(ws, data) {
@@ -238,14 +256,17 @@ export class Stream {
       if (generation !== this.#generation || ws !== this.#ws || this.#stopped) return;
       if (result.kind === 'unauthorized') return this.#unauthorized();
       if (result.kind === 'not_ready') {
+        const retryAt = Date.now() + result.retryAfterMs;
+        this.#status('waiting', { retryAt, detail: result.detail, cause: 'upstream' });
         await new Promise((resolve) => setTimeout(resolve, result.retryAfterMs));
         if (generation !== this.#generation || ws !== this.#ws) return;
+        this.#status('syncing', { detail: reset.reason || 'reset' });
         continue;
       }
       if (result.kind !== 'ok' || result.body.epoch !== reset.epoch) {
         // Unreachable, or restarted again meanwhile: this socket is stale. Start over.
         this.#drop();
-        return this.#retryLater('connection lost');
+        return this.#retryLater({ cause: 'lost', detail: 'connection lost' });
       }
       const { sessions, seq, epoch } = result.body;
       this.#position = { epoch, seq };
@@ -261,6 +282,10 @@ export class Stream {
     }
   }
 
+  /**
+   * GET /api/sessions: {kind: 'ok', body?}, {kind: 'unauthorized'}, {kind: 'unreachable'},
+   * {kind: 'not_ready', detail, retryAfterMs} or {kind: 'error', status, detail}.
+   */
   async #fetchSessions({ wantBody }) {
     let response;
     try {
@@ -272,18 +297,19 @@ export class Stream {
       return { kind: 'unreachable' };
     }
     if (response.status === 401) return { kind: 'unauthorized' };
-    if (response.status === 503) {
-      const seconds = Number(response.headers.get('Retry-After'));
-      const retryAfterMs = seconds > 0 ? seconds * 1000 : RETRY_AFTER_DEFAULT_MS;
-      return { kind: 'not_ready', retryAfterMs };
+    if (!response.ok) {
+      const body = await readError(response);
+      if (response.status === 503 && body.error === 'not_ready') {
+        return { kind: 'not_ready', ...notReady(body, response.headers.get('Retry-After')) };
+      }
+      return { kind: 'error', status: response.status, detail: body.message || '' };
     }
-    if (!response.ok) return { kind: 'unreachable' };
     // Unread bodies are dropped with the response (cancelling one shows as a failed request).
     if (!wantBody) return { kind: 'ok' };
     try {
       return { kind: 'ok', body: await response.json() };
     } catch {
-      return { kind: 'unreachable' };
+      return { kind: 'error', status: response.status, detail: 'the answer is not JSON' };
     }
   }
 
@@ -298,17 +324,27 @@ export class Stream {
     this.#handlers.onUnauthorized();
   }
 
-  #retryLater(detail, minimumMs = 0) {
+  #retryLater({ cause, detail, minimumMs = 0, status = 0 }) {
     if (this.#stopped) return;
     this.stats.reconnects += 1;
-    this.#failures += 1;
-    const ceiling = Math.min(BACKOFF_MAX_MS, this.#backoffBaseMs * 2 ** this.#attempt);
-    this.#attempt += 1;
-    // "Equal jitter": at least half the ceiling (so retries do back off), plus a random half
-    // (so a hundred tabs reconnecting after a restart do not arrive in the same millisecond).
-    const delay = Math.max(minimumMs, ceiling / 2 + Math.random() * (ceiling / 2));
-    this.#retryAt = Date.now() + delay;
-    this.#detail = detail;
+    let delay;
+    if (cause === 'upstream') {
+      // The service answered and said when it tries Jules again: come back just after that,
+      // not on a backoff of our own (which would leave the page minutes behind a recovery).
+      this.#failures = 0;
+      this.#attempt = 0;
+      delay = minimumMs + WAITING_MARGIN_MS + Math.random() * WAITING_JITTER_MS;
+    } else {
+      this.#failures += 1;
+      const ceiling = Math.min(BACKOFF_MAX_MS, this.#backoffBaseMs * 2 ** this.#attempt);
+      this.#attempt += 1;
+      // "Equal jitter": at least half the ceiling (so retries do back off), plus a random half
+      // (so a hundred tabs reconnecting after a restart do not arrive in the same millisecond).
+      delay = Math.max(minimumMs, ceiling / 2 + Math.random() * (ceiling / 2));
+    }
+    // The countdown shows the service's own retry time while waiting for Jules.
+    this.#retryAt = Date.now() + (cause === 'upstream' ? minimumMs : delay);
+    this.#waiting = { cause, detail, status };
     clearTimeout(this.#timer);
     this.#timer = setTimeout(() => this.#connect(), delay);
     this.#announceWaiting();
@@ -316,10 +352,19 @@ export class Stream {
 
   #announceWaiting() {
     if (this.#stopped || this.#ws || !this.#retryAt) return;
-    const offline = !navigator.onLine || this.#failures >= OFFLINE_AFTER_FAILURES;
+    const { cause, detail, status } = this.#waiting;
+    if (cause === 'upstream' && navigator.onLine) {
+      this.#status('waiting', { retryAt: this.#retryAt, detail, cause, status });
+      return;
+    }
+    // A service that answers (with an error) is not "offline", however often it fails.
+    const unanswered = this.#failures >= OFFLINE_AFTER_FAILURES && cause !== 'http';
+    const offline = !navigator.onLine || unanswered;
     this.#status(offline ? 'offline' : 'reconnecting', {
       retryAt: this.#retryAt,
-      detail: navigator.onLine ? this.#detail : 'this browser is offline',
+      detail: navigator.onLine ? detail : 'this browser is offline',
+      cause: navigator.onLine ? cause : 'offline',
+      status,
     });
   }
 
@@ -335,4 +380,32 @@ export class Stream {
       // already closing
     }
   }
+}
+
+/** The JSON error body of a failed response, or {} when it has none. */
+async function readError(response) {
+  try {
+    const body = await response.json();
+    return body && typeof body === 'object' ? body : {};
+  } catch {
+    return {};
+  }
+}
+
+/**
+ * What a 503 `not_ready` says: the upstream's problem and when to ask again.
+ *
+ * The body is `{"error": "not_ready", "message", "upstream"?: {"reason", "detail",
+ * "retryInSeconds", "consecutiveFailures"}}`; services without `upstream` say only
+ * `message`. `Retry-After` (seconds) and `retryInSeconds` both tell when the service tries
+ * again; the later of the two wins.
+ */
+function notReady(body, retryAfterHeader) {
+  const upstream = body?.upstream && typeof body.upstream === 'object' ? body.upstream : {};
+  const message = String(body?.message || 'the first poll has not completed');
+  const detail = String(upstream.detail || message.replace(/^waiting for the Jules API: /, ''));
+  const header = Number(retryAfterHeader);
+  const hinted = Number(upstream.retryInSeconds);
+  const seconds = Math.max(header > 0 ? header : 0, hinted > 0 ? hinted : 0);
+  return { detail, retryAfterMs: seconds > 0 ? seconds * 1000 : RETRY_AFTER_DEFAULT_MS };
 }
