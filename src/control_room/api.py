@@ -105,6 +105,7 @@ class Api:
             web.post("/api/sessions/{id_action}", a(self.session_action)),
             web.delete("/api/sessions/{id}", a(self.delete_session)),
             web.get("/api/sources", a(self.list_sources)),
+            web.get("/api/me", a(self.me)),
             web.get("/healthz", self.healthz),
             web.get("/readyz", self.readyz),
             web.get("/metrics", self.metrics if self._metrics_public else a(self.metrics)),
@@ -194,6 +195,13 @@ class Api:
         return await self._command(
             request, "deleteSession", {"sessionId": request.match_info["id"]}
         )
+
+    async def me(self, request: web.Request) -> web.StreamResponse:
+        """`GET /api/me`: what the presented token may do (`{"readOnly", "commands"}`), so a
+        client can hide controls it would be refused (never the token or its fingerprint)."""
+        principal = request[PRINCIPAL]
+        body = {"readOnly": principal.read_only, "commands": self._commands is not None}
+        return json_bytes(encode(body))
 
     async def list_sources(self, request: web.Request) -> web.StreamResponse:
         """`GET /api/sources`: the repositories Jules can work on (for the create form)."""

@@ -192,3 +192,16 @@ async def test_a_read_only_token_reads_and_subscribes_but_its_commands_are_forbi
     async with http.get(service.url + "/api/sessions", headers=viewer) as resp:
         assert resp.status == 200
     assert sim.get(waiting["id"])["state"] == "AWAITING_PLAN_APPROVAL"  # nothing reached Jules
+
+
+async def test_me_says_whether_the_token_may_send_commands(
+    http: aiohttp.ClientSession, make_service: Any
+) -> None:
+    service: Service = await make_service(local_readonly_token="viewer-token-0123456789")
+    async with http.get(service.url + "/api/me", headers=AUTH) as resp:
+        assert await resp.json() == {"readOnly": False, "commands": True}
+    viewer = {"Authorization": "Bearer viewer-token-0123456789"}
+    async with http.get(service.url + "/api/me", headers=viewer) as resp:
+        body = await resp.json()
+    assert body == {"readOnly": True, "commands": True}
+    assert "viewer" not in str(body)
