@@ -9,9 +9,9 @@ The WebSocket handler and the REST API read it; nothing reads the poller. A foll
 from __future__ import annotations
 
 from collections import OrderedDict
-from datetime import UTC, datetime
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Final
 
 from control_room import rfc3339
