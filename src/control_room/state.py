@@ -11,8 +11,10 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Final
 
+from control_room import rfc3339
 from control_room.broker.base import Batch
 from control_room.health import UpstreamHealth
 from control_room.models import Activity, JulesSession
@@ -106,5 +108,9 @@ class State:
         return fresh
 
 
-def _created(activity: Activity) -> str:
-    return activity.createdAt
+_EPOCH: Final = datetime.fromtimestamp(0, UTC)
+
+
+def _created(activity: Activity) -> datetime:
+    """When the activity happened (any RFC 3339 form; unreadable ones first)."""
+    return rfc3339.parse(activity.createdAt) or _EPOCH
