@@ -437,7 +437,7 @@ def session_header(session: JulesSession, now: datetime, color: bool = False) ->
         lines.append(f"  pull request {pull_request_number(pr)} {pr.url}  {pr.title}")
     if session.stalledSince is not None:
         lines.append(
-            "  " + paint(f"stalled: no activity since {ago(session.stalledSince, now)}", RED, color)
+            "  " + paint(f"stalled: last activity {ago(session.stalledSince, now)}", RED, color)
         )
     lines.append(
         f"  {paint(f'id {session.id}', DIM, color)}{SEP}created {ago(session.createdAt, now)}"
