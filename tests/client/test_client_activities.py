@@ -241,9 +241,7 @@ async def test_watch_msgpack_json_prints_what_a_json_client_receives(
         await poll(service)
         sim.set_state(session["id"], "AWAITING_PLAN_APPROVAL")
         await poll(service)
-        sent = [
-            m for m in [await asyncio.wait_for(reference.messages.get(), WAIT) for _ in range(3)]
-        ]
+        sent = [await asyncio.wait_for(reference.messages.get(), WAIT) for _ in range(3)]
         printed = [msgspec.json.decode(await p.line()) for _ in range(3)]
     assert printed == [msgspec.json.decode(m.raw) for m in sent]
     assert [m["type"] for m in printed] == ["created", "updated", "activity"]
