@@ -745,9 +745,7 @@ class ControlRoomClient:
             await self._call("DELETE", f"/api/sessions/{_segment(command.sessionId)}")
             return ResultMessage(id=None, ok=True)
         else:
-            assert isinstance(
-                command, ApprovePlan | SendMessage | ArchiveSession | UnarchiveSession
-            )
+            assert isinstance(command, _SessionCommand)
             action = _REST_ACTIONS[type(command)]
             path = f"/api/sessions/{_segment(command.sessionId)}:{action}"
             _, data = await self._call("POST", path, body=body)
@@ -1033,10 +1031,24 @@ class ControlRoomClient:
         since: int | None = None,
         epoch: str | None = None,
         snapshot: bool = False,
-        **view: Any,
+        *,
+        activities_since: int | None = None,
+        session_ids: Iterable[str] | None = None,
+        repositories: Iterable[str] | None = None,
+        states: Iterable[str] | None = None,
+        activities: bool = False,
     ) -> AsyncGenerator[Event, None]:
         """The stream's events (deltas, activities, Snapshot/Reset); see `messages`."""
-        stream = self.messages(since, epoch, snapshot, **view)
+        stream = self.messages(
+            since,
+            epoch,
+            snapshot,
+            activities_since=activities_since,
+            session_ids=session_ids,
+            repositories=repositories,
+            states=states,
+            activities=activities,
+        )
         async with contextlib.aclosing(stream) as messages:
             async for message in messages:
                 yield message.event
