@@ -339,3 +339,46 @@ async def test_a_url_flag_makes_a_bad_port_irrelevant(procs: list[Proc], service
         2,
         "control-room sessions: PORT='0' is not a port a client can connect to; pass --url",
     )
+
+
+async def test_watch_a_view_over_msgpack_shows_entries_and_departures(
+    procs: list[Proc], service: Service, sim: Simulator
+) -> None:
+    assert service.poller is not None
+    waiting = sim.create(repo="acme/web", title="Dark mode")
+    sim.create(repo="acme/web", title="Elsewhere")
+    await service.poller.poll_once()
+    p = await watch(
+        procs, service, "--token", TOKEN, "--msgpack", "--state", "AWAITING_PLAN_APPROVAL"
+    )
+    started = await p.err_until("watching")
+    assert started.endswith("; state AWAITING_PLAN_APPROVAL; Ctrl-C to stop")
+    sim.set_state(waiting["id"], "AWAITING_PLAN_APPROVAL")  # enters the view
+    await service.poller.poll_once()
+    entered = await p.line()
+    assert " + created  acme/web " in entered and entered.endswith(
+        "Dark mode · AWAITING_PLAN_APPROVAL"
+    )
+    sim.set_state(waiting["id"], "IN_PROGRESS")  # leaves it
+    await service.poller.poll_once()
+    left = await p.line()
+    assert " - deleted  acme/web " in left and left.endswith(
+        "Dark mode · was AWAITING_PLAN_APPROVAL"
+    )
+    assert await p.stop() == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--activities", "--since", "3"], "--since with --activities needs --activities-since"),
+        (["--activities-since", "3"], "--activities-since needs --since and --activities"),
+    ],
+)
+async def test_watch_activities_positions_go_together(
+    procs: list[Proc], service: Service, args: list[str], message: str
+) -> None:
+    p = await watch(procs, service, "--token", TOKEN, *args)
+    code, out, err = await p.finish()
+    assert (code, out) == (2, "")
+    assert message in err
