@@ -211,29 +211,43 @@ def cmd_show(args: argparse.Namespace) -> int:
     return _run("show", args, call)
 
 
-def cmd_approve(args: argparse.Namespace) -> int:
-    """`control-room approve ID`: approve the plan the session waits on."""
+def _act(
+    command: str,
+    args: argparse.Namespace,
+    act: Callable[[ControlRoomClient], Awaitable[JulesSession | None]],
+    done: str,
+) -> int:
+    """Run one command on session `args.id` and say what it did, in one line."""
     out = Out(sys.stdout)
 
     async def call(client: ControlRoomClient) -> int:
-        session = await client.approve_plan(args.id)
-        out.line(_said(session, "approved the plan of", args.id))
+        out.line(_said(await act(client), done, args.id))
         return EXIT_OK
 
-    return _run("approve", args, call)
+    return _run(command, args, call)
+
+
+def cmd_approve(args: argparse.Namespace) -> int:
+    """`control-room approve ID`: approve the plan the session waits on."""
+    return _act(
+        "approve", args, lambda client: client.approve_plan(args.id), "approved the plan of"
+    )
 
 
 def cmd_message(args: argparse.Namespace) -> int:
-    """`control-room message ID TEXT`: send the agent a message."""
-    out = Out(sys.stdout)
+    """`control-room message ID TEXT`: send the agent a message (`-`: from stdin)."""
     text = _text(args.text)
+    return _act("message", args, lambda client: client.send_message(args.id, text), "sent to")
 
-    async def call(client: ControlRoomClient) -> int:
-        session = await client.send_message(args.id, text)
-        out.line(_said(session, "sent to", args.id))
-        return EXIT_OK
 
-    return _run("message", args, call)
+def cmd_archive(args: argparse.Namespace) -> int:
+    """`control-room archive ID`: the session leaves the control room (and Jules' list)."""
+    return _act("archive", args, lambda client: client.archive(args.id), "archived")
+
+
+def cmd_unarchive(args: argparse.Namespace) -> int:
+    """`control-room unarchive ID`."""
+    return _act("unarchive", args, lambda client: client.unarchive(args.id), "unarchived")
 
 
 def cmd_new(args: argparse.Namespace) -> int:
@@ -264,30 +278,6 @@ def cmd_new(args: argparse.Namespace) -> int:
     return _run("new", args, call)
 
 
-def cmd_archive(args: argparse.Namespace) -> int:
-    """`control-room archive ID`."""
-    out = Out(sys.stdout)
-
-    async def call(client: ControlRoomClient) -> int:
-        await client.archive(args.id)
-        out.line(f"archived {args.id}")
-        return EXIT_OK
-
-    return _run("archive", args, call)
-
-
-def cmd_unarchive(args: argparse.Namespace) -> int:
-    """`control-room unarchive ID`."""
-    out = Out(sys.stdout)
-
-    async def call(client: ControlRoomClient) -> int:
-        session = await client.unarchive(args.id)
-        out.line(_said(session, "unarchived", args.id))
-        return EXIT_OK
-
-    return _run("unarchive", args, call)
-
-
 def _confirmed(session_id: str) -> bool:
     """Ask on the terminal; False when stdin is not one (then --yes is needed)."""
     if not (sys.stdin is not None and sys.stdin.isatty()):
@@ -305,14 +295,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
         return fail(
             "delete", f"not deleted: deleting {args.id} cannot be undone; add --yes", EXIT_USAGE
         )
-    out = Out(sys.stdout)
-
-    async def call(client: ControlRoomClient) -> int:
-        await client.delete(args.id)
-        out.line(f"deleted {args.id}")
-        return EXIT_OK
-
-    return _run("delete", args, call)
+    return _act("delete", args, lambda client: client.delete(args.id), "deleted")
 
 
 def cmd_sources(args: argparse.Namespace) -> int:
