@@ -6,6 +6,23 @@ import msgspec
 import pytest
 
 from control_room.app import Service
+from control_room.client import (
+    CommandFailed,
+    CommandTimeout,
+    ConnectionLost,
+    ControlRoomError,
+    FailedPrecondition,
+    Forbidden,
+    InvalidArgument,
+    NotFound,
+    NotReady,
+    RateLimited,
+    Unauthorized,
+    Unavailable,
+    UpstreamUnavailable,
+    command_error,
+)
+from control_room.controls import exit_code
 from control_room.jules.simulator import Simulator
 from tests.client.conftest import Proc
 from tests.conftest import TOKEN, ServiceFactory
@@ -106,8 +123,6 @@ async def test_new_creates_a_session_and_says_where(
         (["new", "--repo", "nosuch", "x"], 2, "control-room new: invalid_argument: "),
         (["new", "--repo", "no/such", "x"], 4, "control-room new: not_found: "),
         (["approve", "404404"], 4, "control-room approve: not_found: Jules answered: "),
-        (["show", "404404"], 4, "control-room show: not_found: no session '404404'"),
-        (["message", "1", " "], 2, "control-room message: invalid_argument: prompt is empty"),
         (["approve"], 2, "the following arguments are required: ID"),
     ],
 )
@@ -121,6 +136,31 @@ async def test_failures_are_one_line_with_the_services_reason(
         assert len(err.strip().splitlines()) == 1, err
 
 
+def test_each_failure_has_its_exit_code() -> None:
+    """Every refusal (tested end to end through the Python client) maps to one exit code."""
+    cases: list[tuple[ControlRoomError, int]] = [
+        (Unauthorized("x"), 3),
+        (Forbidden("forbidden", "this token is read-only"), 3),
+        (InvalidArgument("invalid_argument", "prompt is empty"), 2),
+        (InvalidArgument("bad_message", "not valid JSON"), 2),
+        (NotFound("not_found", "no session '1'"), 4),
+        (FailedPrecondition("failed_precondition", "nothing to approve"), 4),
+        (RateLimited("rate_limited", "too many messages"), 1),
+        (UpstreamUnavailable("upstream_unavailable", "Jules answered: 503"), 1),
+        (CommandFailed("internal", "the service failed"), 1),
+        (CommandTimeout("no answer"), 1),
+        (ConnectionLost("closed"), 1),
+        (NotReady("not ready", "waiting for the Jules API", None), 1),
+        (Unavailable("cannot connect"), 1),
+    ]
+    assert [exit_code(exc) for exc, _ in cases] == [code for _, code in cases]
+    assert [type(command_error(code, "m")) for code in ("not_found", "forbidden", "x")] == [
+        NotFound,
+        Forbidden,
+        CommandFailed,
+    ]
+
+
 async def test_a_read_only_token_is_refused_with_exit_3(
     procs: list[Proc], make_service: ServiceFactory, sim: Simulator
 ) -> None:
@@ -128,13 +168,7 @@ async def test_a_read_only_token_is_refused_with_exit_3(
     assert service.poller is not None
     waiting = sim.create(state="AWAITING_PLAN_APPROVAL")
     await service.poller.poll_once()
-    for args in (
-        ["approve", waiting["id"]],
-        ["message", waiting["id"], "hi"],
-        ["new", "--repo", "acme/web-app", "x"],
-        ["archive", waiting["id"]],
-        ["delete", "--yes", waiting["id"]],
-    ):
+    for args in (["approve", waiting["id"]], ["delete", "--yes", waiting["id"]]):
         code, out, err = await run(procs, service, *args, token=READONLY)
         assert (code, out) == (3, ""), args
         assert err.strip() == f"control-room {args[0]}: forbidden: this token is read-only"
