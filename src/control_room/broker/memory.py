@@ -8,7 +8,17 @@ from collections.abc import Awaitable, Callable, Sequence
 from itertools import islice
 from typing import Final
 
-from control_room.broker.base import ACTIVITIES, SESSIONS, Batch, Channel, Entry, HistoryGone, Sink
+from control_room.broker.base import (
+    ACTIVITIES,
+    SESSIONS,
+    Batch,
+    Channel,
+    Entry,
+    HistoryGone,
+    Sink,
+    stamp_activity_list,
+    stamp_changes,
+)
 from control_room.messages import ActivityMessage
 from control_room.models import Activity, Change, Position, SessionDelta
 
@@ -94,28 +104,13 @@ class MemoryBroker:
 
     def stamp(self, changes: Sequence[Change], timestamp: str) -> list[SessionDelta]:
         """Number changes from the current position, without publishing them."""
-        seq = self._rings[SESSIONS].seq
-        return [
-            SessionDelta(
-                type=c.type,
-                sessionId=c.sessionId,
-                before=c.before,
-                after=c.after,
-                timestamp=timestamp,
-                seq=seq + i,
-            )
-            for i, c in enumerate(changes, start=1)
-        ]
+        return stamp_changes(changes, timestamp, self._rings[SESSIONS].seq)
 
     def stamp_activities(
         self, activities: Sequence[Activity], timestamp: str
     ) -> list[ActivityMessage]:
         """Number activities on their own channel, without publishing them."""
-        seq = self._rings[ACTIVITIES].seq
-        return [
-            ActivityMessage(sessionId=a.sessionId, activity=a, timestamp=timestamp, seq=seq + i)
-            for i, a in enumerate(activities, start=1)
-        ]
+        return stamp_activity_list(activities, timestamp, self._rings[ACTIVITIES].seq)
 
     async def publish(self, batch: Batch) -> None:
         """Append to history and deliver to every sink, in one step (it never suspends)."""
