@@ -25,7 +25,14 @@ import msgspec
 from control_room import logging as logs
 from control_room.backoff import backoff_delay
 from control_room.broker.base import Batch, BrokerUnavailable
-from control_room.broker.redis import QUIET_RESETS, REDIS_ERRORS, RedisBroker, describe, request_id
+from control_room.broker.redis import (
+    QUIET_RESETS,
+    REDIS_ERRORS,
+    RedisBroker,
+    describe,
+    request_id,
+    stop_tasks,
+)
 from control_room.health import UpstreamHealth
 from control_room.jules.client import UpstreamError
 from control_room.leader import RENEW_SHARE, RETRY_SHARE, Holder, Lease, fence_number
@@ -35,7 +42,6 @@ from control_room.notifier import Notifier
 from control_room.poller import AfterPersist, BeforePublish, Poller
 from control_room.state import State
 from control_room.store.base import Store
-from control_room.tasks import cancel_and_wait
 from control_room.ws.hub import Hub
 
 SERVICE_RESTART: Final = 1012
@@ -147,7 +153,7 @@ class Cluster:
 
     async def stop(self) -> None:
         """Stop leading (giving the lease back), stop reading, leave."""
-        await cancel_and_wait(self._tasks)
+        await stop_tasks(self._tasks, self.broker.clients)
         self._tasks = []
         with contextlib.suppress(*REDIS_ERRORS):
             await self.broker.redis.hdel(self.broker.keys.nodes, self.node_id)
@@ -268,7 +274,7 @@ class Cluster:
         except (BrokerUnavailable, *REDIS_ERRORS) as exc:
             log.warning("Could not start leading", extra={"error": describe(exc)})
         finally:
-            await cancel_and_wait(tasks)
+            await stop_tasks(tasks, broker.clients)
             if term is not None and term.notifier is not None:
                 await term.notifier.stop()  # saves cursors while the token is still ours
             broker.token = None

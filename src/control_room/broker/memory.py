@@ -170,13 +170,13 @@ class MemoryBroker:
         # The store may already hold a poll that is persisted but not yet published: leave
         # it out, so no reader is ever ahead of the stream (it arrives live instead).
         entries = [e for e in entries if e.seq <= upto]
-        if session_id is None and (limit is None or limit > 0) and not _contiguous(entries, since):
+        if session_id is None and (limit is None or limit > 0) and not contiguous(entries, since):
             # A hole in the store (rows lost or never written) must not become a silent gap
             # in a client's stream: say history is gone, and the client reloads.
             raise HistoryGone("history_expired", entries[0].seq if entries else upto + 1)
         return entries
 
 
-def _contiguous(entries: Sequence[Entry], since: int) -> bool:
+def contiguous(entries: Sequence[Entry], since: int) -> bool:
     """True when entries are since+1, since+2, ... with no hole."""
     return bool(entries) and entries[0].seq == since + 1 and entries[-1].seq == since + len(entries)

@@ -3,8 +3,11 @@
 Publishing is one Lua script per batch, so a batch is in Redis whole or not at all: it checks
 the publisher's fencing token and that each channel's first seq follows the shared position,
 appends every event to its channel's stream (an explicit ID `<seq>-0`, so `XRANGE` by seq
-works, and a bounded `MAXLEN ~`), applies the deltas to the shared snapshot (a hash of session
-id -> session JSON) and moves the position. Every node, the leader included, delivers from the
+works, and `MAXLEN` HISTORY_SIZE: exact, not `~`, so every node and the memory broker keep the
+same window; at a few events a second exact trimming costs nothing measurable; a batch larger
+than the window is kept whole until the next one, so every reader gets all of it), applies
+the deltas to the shared snapshot (a hash of session id -> session JSON) and moves the
+position. Every node, the leader included, delivers from the
 streams: a blocking `XREAD` loop turns what it reads into batches and hands them to the local
 sinks (state, hub) exactly as the memory broker does, so one node and many run the same code.
 
@@ -53,7 +56,7 @@ from control_room.broker.base import (
     stamp_activity_list,
     stamp_changes,
 )
-from control_room.broker.memory import MAX_REPLAY_FROM_OLDER, OlderHistory, new_epoch
+from control_room.broker.memory import MAX_REPLAY_FROM_OLDER, OlderHistory, contiguous, new_epoch
 from control_room.messages import ActivityMessage
 from control_room.metrics import ClusterMetrics
 from control_room.models import Activity, Change, JulesSession, Position, SessionDelta, Snapshot
@@ -75,6 +78,8 @@ takes a round trip; waiting longer would hold the poller up while Redis is faili
 batch is published either way."""
 MAX_READ_BACKOFF_S: Final = 5.0
 """The reader retries a failing Redis at most this far apart: soon back once Redis is."""
+STOP_GRACE_S: Final = 0.2  # a cancelled Redis call ends at once, unless redis-py lost the cancel
+STOP_ATTEMPTS: Final = 5
 MAX_SEED_SESSIONS_PER_CALL: Final = 1_000  # a baseline of 10,000 sessions: ten short calls
 
 log = logs.get("broker")
@@ -116,9 +121,11 @@ local batch = tonumber(pos[4] or '0') + 1
 local now = redis.call('TIME')
 local ms = tostring(tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000))
 local size = nd .. ':' .. na  -- every entry says what its batch holds: a reader sees it whole
+local keep_d = math.max(tonumber(ARGV[3]), nd)  -- never trim the batch being written
+local keep_a = math.max(tonumber(ARGV[3]), na)
 for d = 0, nd - 1 do
   local i = first + d * 5
-  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[3], ARGV[i] .. '-0',
+  redis.call('XADD', KEYS[4], 'MAXLEN', keep_d, ARGV[i] .. '-0',
     'b', batch, 'c', size, 't', ms, 'i', ARGV[i + 1], 'p', ARGV[i + 2], 'r', ARGV[i + 3])
   if ARGV[i + 4] == '' then
     redis.call('HDEL', KEYS[2], ARGV[i + 1])
@@ -128,7 +135,7 @@ for d = 0, nd - 1 do
 end
 for a = 0, na - 1 do
   local i = afirst + a * 4
-  redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[3], ARGV[i] .. '-0',
+  redis.call('XADD', KEYS[5], 'MAXLEN', keep_a, ARGV[i] .. '-0',
     'b', batch, 'c', size, 't', ms, 'i', ARGV[i + 1], 'p', ARGV[i + 2], 'r', ARGV[i + 3])
 end
 redis.call('HSET', KEYS[1], 'seq', seq + nd, 'aseq', aseq + na, 'batch', batch)
@@ -274,6 +281,32 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
+async def stop_tasks(tasks: Sequence[asyncio.Task[Any]], clients: Sequence[aioredis.Redis]) -> None:
+    """Cancel tasks that may be inside a Redis call, and wait until they have ended.
+
+    redis-py (8.1) can swallow a cancellation that lands while a connection is being set up,
+    and the task then carries on; closing the clients' connections ends whatever call it is
+    in, and the task is cancelled again.
+    """
+    pending = [t for t in tasks if not t.done()]
+    for _ in range(STOP_ATTEMPTS):
+        if not pending:
+            break
+        for task in pending:
+            task.cancel()
+        _, still = await asyncio.wait(pending, timeout=STOP_GRACE_S)
+        pending = list(still)
+        if pending:
+            for client in clients:
+                with contextlib.suppress(*REDIS_ERRORS):
+                    await client.connection_pool.disconnect()
+    for task in tasks:
+        if task.done() and not task.cancelled():
+            task.exception()  # retrieved: an error was logged where it happened
+    if pending:
+        log.error("Redis tasks did not stop", extra={"tasks": [t.get_name() for t in pending]})
+
+
 def _int(value: bytes | None, default: int = 0) -> int:
     return int(value) if value is not None else default
 
@@ -356,6 +389,11 @@ class RedisBroker:
         return self._redis
 
     @property
+    def clients(self) -> list[aioredis.Redis]:
+        """The open clients (none before `start`)."""
+        return [c for c in (self._redis, self._reader_redis) if c is not None]
+
+    @property
     def blocking_redis(self) -> aioredis.Redis:
         """The client for blocking reads; raises before `start`."""
         if self._reader_redis is None:
@@ -387,14 +425,11 @@ class RedisBroker:
     async def stop(self) -> None:
         """Stop reading and close the connections."""
         if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
+            await stop_tasks([self._reader], self.clients)
             self._reader = None
-        for client in (self._redis, self._reader_redis):
-            if client is not None:
-                with contextlib.suppress(*REDIS_ERRORS):
-                    await client.aclose()
+        for client in self.clients:
+            with contextlib.suppress(*REDIS_ERRORS):
+                await client.aclose()
         self._redis = self._reader_redis = None
         self._release_waiters()
 
@@ -511,8 +546,10 @@ class RedisBroker:
             if limit is None and upto - since > MAX_REPLAY_FROM_OLDER:
                 raise HistoryGone("too_far_behind", upto - MAX_REPLAY_FROM_OLDER + 1)
             entries = await self._older(since, limit, session_id, channel)
-            if session_id is None and entries and entries[0].seq != since + 1:
-                raise HistoryGone("history_expired", entries[0].seq)
+            entries = [e for e in entries if e.seq <= upto]
+            if session_id is None and not contiguous(entries, since):
+                # A hole in the store must not become a silent gap: the client reloads.
+                raise HistoryGone("history_expired", entries[0].seq if entries else upto + 1)
         else:
             oldest = _seq_of(found[0][0]) if found else upto + 1
             raise HistoryGone("history_expired", oldest)
