@@ -153,6 +153,8 @@ class Cluster:
 
     async def stop(self) -> None:
         """Stop leading (giving the lease back), stop reading, leave."""
+        if not self._tasks:
+            return  # never started, or stopped already
         await stop_tasks(self._tasks, self.broker.clients)
         self._tasks = []
         with contextlib.suppress(*REDIS_ERRORS):

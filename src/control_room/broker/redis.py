@@ -747,7 +747,6 @@ class RedisBroker:
         """Check the shared history is still ours, then read and deliver what is new."""
         p = self._position
         pipe = self.blocking_redis.pipeline(transaction=False)
-        pipe.hmget(self.keys.position, ["epoch", "seq", "baseline"])
         pipe.xread(
             {
                 self.keys.stream(p.epoch, SESSIONS): f"{p.seq}-0",
@@ -755,7 +754,9 @@ class RedisBroker:
             },
             block=READ_BLOCK_MS,
         )
-        head, found = await pipe.execute()
+        # Read after the wait, so it says how things are now, not before the block.
+        pipe.hmget(self.keys.position, ["epoch", "seq", "baseline"])
+        found, head = await pipe.execute()
         epoch = head[0].decode() if head[0] is not None else None
         if epoch is None:  # Redis came back empty, or was flushed
             await self._ensure_history()
