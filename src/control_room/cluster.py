@@ -155,7 +155,7 @@ class Cluster:
         """Stop leading (giving the lease back), stop reading, leave."""
         if not self._tasks:
             return  # never started, or stopped already
-        await stop_tasks(self._tasks, self.broker.clients)
+        await stop_tasks(self._tasks, self.broker.shared_clients)
         self._tasks = []
         with contextlib.suppress(*REDIS_ERRORS):
             await self.broker.redis.hdel(self.broker.keys.nodes, self.node_id)
@@ -276,7 +276,7 @@ class Cluster:
         except (BrokerUnavailable, *REDIS_ERRORS) as exc:
             log.warning("Could not start leading", extra={"error": describe(exc)})
         finally:
-            await stop_tasks(tasks, broker.clients)
+            await stop_tasks(tasks, broker.shared_clients)
             if term is not None and term.notifier is not None:
                 await term.notifier.stop()  # saves cursors while the token is still ours
             broker.token = None

@@ -361,7 +361,8 @@ class RedisBroker:
         self._older = older
         self._seed = seed
         self._redis: aioredis.Redis | None = None
-        self._reader_redis: aioredis.Redis | None = None
+        self._reader_redis: aioredis.Redis | None = None  # the stream reader's alone
+        self._blocking: aioredis.Redis | None = None
         self._position = Position("", 0, 0)
         self._batch = 0  # the last batch number delivered here
         self.ready = False
@@ -390,12 +391,23 @@ class RedisBroker:
 
     @property
     def clients(self) -> list[aioredis.Redis]:
-        """The open clients (none before `start`)."""
-        return [c for c in (self._redis, self._reader_redis) if c is not None]
+        """Every open client (none before `start`)."""
+        return [c for c in (self._redis, self._blocking, self._reader_redis) if c is not None]
+
+    @property
+    def shared_clients(self) -> list[aioredis.Redis]:
+        """The clients other parts use (the stream reader's own is not among them)."""
+        return [c for c in (self._redis, self._blocking) if c is not None]
 
     @property
     def blocking_redis(self) -> aioredis.Redis:
-        """The client for blocking reads; raises before `start`."""
+        """A client for blocking waits (`BLPOP`) of other parts; raises before `start`."""
+        if self._blocking is None:
+            raise BrokerUnavailable("the Redis broker is not started")
+        return self._blocking
+
+    @property
+    def _stream_redis(self) -> aioredis.Redis:
         if self._reader_redis is None:
             raise BrokerUnavailable("the Redis broker is not started")
         return self._reader_redis
@@ -406,6 +418,7 @@ class RedisBroker:
         Raises BrokerUnavailable when Redis cannot be reached at all.
         """
         self._redis = connect(self._url)
+        self._blocking = connect(self._url, blocking=True)
         self._reader_redis = connect(self._url, blocking=True)
         for name, text in (
             ("publish", _PUBLISH),
@@ -430,7 +443,7 @@ class RedisBroker:
         for client in self.clients:
             with contextlib.suppress(*REDIS_ERRORS):
                 await client.aclose()
-        self._redis = self._reader_redis = None
+        self._redis = self._blocking = self._reader_redis = None
         self._release_waiters()
 
     # -- the Broker interface --
@@ -746,7 +759,7 @@ class RedisBroker:
     async def _read_once(self) -> None:
         """Check the shared history is still ours, then read and deliver what is new."""
         p = self._position
-        pipe = self.blocking_redis.pipeline(transaction=False)
+        pipe = self._stream_redis.pipeline(transaction=False)
         pipe.xread(
             {
                 self.keys.stream(p.epoch, SESSIONS): f"{p.seq}-0",
@@ -828,7 +841,7 @@ class RedisBroker:
             return
         start = (entries[-1].seq if entries else self._channel_seq(channel)) + 1
         key = self.keys.stream(self._position.epoch, channel)
-        more: Any = await self.blocking_redis.xrange(key, min=f"{start}-0", count=missing)
+        more: Any = await self._stream_redis.xrange(key, min=f"{start}-0", count=missing)
         entries.extend(_entry(channel, sid, fields) for sid, fields in more)
 
     def _release_waiters(self) -> None:
