@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -290,10 +291,11 @@ class Cluster:
                 with contextlib.suppress(*REDIS_ERRORS):
                     await lease.release(token)
             self._metrics.lease_changes.labels("lost" if outcome != "stopped" else "released").inc()
-        log.warning(
-            "Stopped leading",
-            extra={"nodeId": self.node_id, "fence": fence, "reason": outcome},
-        )
+            log.log(
+                logging.INFO if outcome == "stopped" else logging.WARNING,
+                "Stopped leading",
+                extra={"nodeId": self.node_id, "fence": fence, "reason": outcome},
+            )
         return outcome
 
     @staticmethod

@@ -56,6 +56,10 @@ async def test_clients_on_every_node_receive_the_same_stream(
     await until(lambda: b.cluster is not None and b.cluster.holder is not None)
     stats = await get(http, b, "/api/stats")
     assert stats["cluster"]["leader"] == "node-1" and stats["cluster"]["fence"] >= 1
+    async with http.get(a.url + "/metrics", headers=AUTH) as resp:
+        metrics = await resp.text()
+    assert "control_room_cluster_leader 1.0" in metrics
+    assert "control_room_cluster_stream_delay_seconds_count" in metrics
 
 
 async def test_a_client_resumes_on_another_node(
