@@ -12,6 +12,7 @@ from control_room.app import Service
 from control_room.jules.simulator import SimulatorServer
 from control_room.poller import Poller
 from tests.conftest import FAST_RETRY, FAST_WEBHOOKS, MS, settings
+from tests.store.conftest import pg_backend  # noqa: F401 - the store suite's PostgreSQL fixture
 
 LEASE_S = 300 * MS
 """A short lease: takeovers in tests take a few hundred milliseconds, not ten seconds."""

@@ -7,6 +7,7 @@ from typing import Any
 
 import aiohttp
 import msgspec
+import pytest
 
 from control_room.app import Service
 from control_room.jules.simulator import Simulator
@@ -14,6 +15,7 @@ from tests.cluster.conftest import NodeFactory, following, leading, poller, unti
 from tests.conftest import MS, TOKEN, connect, nothing_more, receive_json, receive_n
 from tests.notifier.receiver import Receiver
 from tests.redis_server import drop_prefix
+from tests.store.conftest import PostgresBackend
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -209,3 +211,33 @@ async def test_a_node_that_loses_redis_keeps_its_clients_and_says_so(
         await new_leader.poll_once()
         delta = await receive_json(ws, wait=3000 * MS)
         assert (delta["type"], delta["seq"]) == ("created", 2)  # no reset, no gap
+
+
+@pytest.mark.postgres
+async def test_a_cluster_on_postgresql_continues_the_stores_history(
+    http: aiohttp.ClientSession,
+    make_node: NodeFactory,
+    sim: Simulator,
+    pg_backend: PostgresBackend,
+    redis_prefix: str,
+) -> None:
+    persist = pg_backend.service_settings()
+    a = await make_node(**persist)
+    await leading(a)
+    sim.create()
+    sim.create()
+    await poller(a).poll_once()
+    epoch = a.broker.position.epoch
+    store = await pg_backend.make()
+    loaded = await store.open()
+    assert loaded is not None and (loaded.position.epoch, loaded.position.seq) == (epoch, 2)
+    # A cluster on a fresh Redis (another prefix) continues the store's history: same epoch,
+    # the same numbering, and history older than its stream is read from the store.
+    b = await make_node(**persist, redis_prefix=redis_prefix + "-next")
+    await leading(b)
+    assert (b.broker.position.epoch, b.broker.position.seq) == (epoch, 2)
+    ws = await connect(http, b, f"?since=0&epoch={epoch}")
+    assert [m["seq"] for m in await receive_n(ws, 2)] == [1, 2]
+    sim.create()
+    await poller(b).poll_once()
+    assert (await receive_json(ws))["seq"] == 3
