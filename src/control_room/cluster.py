@@ -36,7 +36,14 @@ from control_room.broker.redis import (
 )
 from control_room.health import UpstreamHealth
 from control_room.jules.client import UpstreamError
-from control_room.leader import RENEW_SHARE, RETRY_SHARE, Holder, Lease, fence_number
+from control_room.leader import (
+    EXPIRY_MARGIN_S,
+    RENEW_SHARE,
+    RETRY_SHARE,
+    Holder,
+    Lease,
+    fence_number,
+)
 from control_room.metrics import ClusterMetrics
 from control_room.models import Position, Snapshot, encode
 from control_room.notifier import Notifier
@@ -205,7 +212,7 @@ class Cluster:
         failures = 0
         while True:
             try:
-                token = await self._lease.acquire()
+                token, left = await self._lease.try_acquire()
             except REDIS_ERRORS as exc:
                 failures += 1
                 self._metrics.redis_errors.labels("lease").inc()
@@ -213,7 +220,10 @@ class Cluster:
                 await asyncio.sleep(backoff_delay(failures, self._lease_s * RETRY_SHARE, 5.0))
                 continue
             if token is None:
-                await asyncio.sleep(self._lease_s * RETRY_SHARE)
+                wait = self._lease_s * RETRY_SHARE
+                if left is not None:  # the holder's lease ends sooner: be there then
+                    wait = min(wait, left + EXPIRY_MARGIN_S)
+                await asyncio.sleep(wait)
                 continue
             outcome = await self._lead(token)
             if outcome == "taken":

@@ -27,15 +27,18 @@ RENEW_SHARE: Final = 1 / 3
 """Renew when a third of the lease has passed: two renewals can fail (a Redis failover, a
 slow network) before the lease runs out."""
 RETRY_SHARE: Final = 1 / 10
-"""A follower tries to take a free lease this often: takeover within the lease plus a tenth."""
+"""A follower tries to take the lease at least this often, and also the moment the holder's
+lease runs out (it is told when): a killed leader is replaced one lease after its last renewal."""
+EXPIRY_MARGIN_S: Final = 0.002  # try just after the lease's end, not just before it
 
 log = logs.get("leader")
 
 _ACQUIRE: Final = """
 -- KEYS: leader, fence, fence counter, position; ARGV: node id, lease ms
 local epoch = redis.call('HGET', KEYS[4], 'epoch')
-if not epoch then return false end
-if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+if not epoch then return -3 end
+local left = redis.call('PTTL', KEYS[1])
+if left ~= -2 then return left end  -- held: how long until it runs out (ms)
 local token = epoch .. ':' .. redis.call('INCR', KEYS[3])
 redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. token, 'NX', 'PX', ARGV[2])
 redis.call('SET', KEYS[2], token)
@@ -95,6 +98,12 @@ class Lease:
 
         Raises one of REDIS_ERRORS when Redis fails.
         """
+        token, _ = await self.try_acquire()
+        return token
+
+    async def try_acquire(self) -> tuple[str | None, float | None]:
+        """Take the lease if it is free: (token, None), or (None, seconds until the holder's
+        lease runs out; None when that is unknown). Raises one of REDIS_ERRORS."""
         found = await self._scripts["acquire"](
             keys=[
                 self._keys.leader,
@@ -104,7 +113,9 @@ class Lease:
             ],
             args=[self.node_id, self._ms],
         )
-        return found.decode() if found is not None else None
+        if isinstance(found, bytes):
+            return found.decode(), None
+        return None, found / 1000 if isinstance(found, int) and found >= 0 else None
 
     async def renew(self, token: str) -> bool:
         """Extend the lease by its full length; False when it is no longer ours."""
