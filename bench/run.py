@@ -936,7 +936,11 @@ def markdown(report: dict[str, Any]) -> str:
         *diff_table(report["diff"], report["options"]["diff_sizes"]),
         "",
     ]
-    titles = {"store": "Persistence", "replay": "Replay to a resuming client"}
+    titles = {
+        "store": "Persistence",
+        "replay": "Replay to a resuming client",
+        "cluster": "Scale-out",
+    }
     for key, module in TEXT_BENCHES:
         if report.get(key):
             text = report[key].rstrip()
