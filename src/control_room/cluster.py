@@ -286,6 +286,8 @@ class Cluster:
             raise
         except (BrokerUnavailable, *REDIS_ERRORS) as exc:
             log.warning("Could not start leading", extra={"error": describe(exc)})
+        except Exception:  # e.g. fenced while starting: never let the election end
+            log.exception("Leading failed")
         finally:
             await stop_tasks(tasks, broker.shared_clients)
             if term is not None and term.notifier is not None:
