@@ -211,6 +211,7 @@ class Cluster:
         assert self._lease is not None
         failures = 0
         while True:
+            sent = asyncio.get_running_loop().time()
             try:
                 token, left = await self._lease.try_acquire()
             except REDIS_ERRORS as exc:
@@ -225,7 +226,7 @@ class Cluster:
                     wait = min(wait, left + EXPIRY_MARGIN_S)
                 await asyncio.sleep(wait)
                 continue
-            outcome = await self._lead(token)
+            outcome = await self._lead(token, sent)
             if outcome == "taken":
                 failures = 0
                 continue
@@ -235,7 +236,7 @@ class Cluster:
                 backoff_delay(failures, self._lease_s * RETRY_SHARE, MAX_STEP_DOWN_BACKOFF_S)
             )
 
-    async def _lead(self, token: str) -> str:
+    async def _lead(self, token: str, acquired: float) -> str:
         """Run the poller and the notifier until the lease is lost; why it ended."""
         assert self._lease is not None
         broker, lease = self.broker, self._lease
@@ -275,7 +276,7 @@ class Cluster:
             )
             tasks = [
                 asyncio.create_task(poller.run(), name="poller"),
-                asyncio.create_task(lease.keep(token), name="lease"),
+                asyncio.create_task(lease.keep(token, acquired), name="lease"),
                 asyncio.create_task(self._serve_refresh(poller), name="refresh-requests"),
                 asyncio.create_task(self._step_down.wait(), name="step-down"),
             ]

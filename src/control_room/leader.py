@@ -139,14 +139,15 @@ class Lease:
         except ValueError:
             return None
 
-    async def keep(self, token: str) -> str:
+    async def keep(self, token: str, acquired: float) -> str:
         """Renew until the lease is lost; returns why (`taken` or `unconfirmed`).
 
-        Never returns while the lease is surely ours. A renewal Redis refuses to confirm in
-        time counts as lost once the lease would have expired by this node's clock.
+        `acquired` is the event loop's time when the `acquire` call was sent. Never returns
+        while the lease is surely ours. A renewal Redis refuses to confirm in time counts as
+        lost once the lease would have expired by this node's clock.
         """
         loop = asyncio.get_running_loop()
-        expires = loop.time() + self.lease  # from acquire: conservative by a round trip
+        expires = acquired + self.lease
         every = self.lease * RENEW_SHARE
         while True:
             await asyncio.sleep(max(0.0, min(every, expires - loop.time())))

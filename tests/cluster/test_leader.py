@@ -43,9 +43,10 @@ async def test_a_lease_that_is_renewed_is_kept_and_one_that_is_not_passes_on(
 ) -> None:
     a = lease(client, redis_prefix, "a", 150 * MS)
     b = lease(client, redis_prefix, "b", 150 * MS)
+    sent = asyncio.get_running_loop().time()
     token = await a.acquire()
     assert token is not None
-    keeping = asyncio.create_task(a.keep(token))
+    keeping = asyncio.create_task(a.keep(token, sent))
     await asyncio.sleep(400 * MS)  # more than two lease lengths: renewals hold it
     assert await b.acquire() is None
     keeping.cancel()  # the holder stops renewing (paused, or killed)
@@ -62,7 +63,7 @@ async def test_a_holder_learns_it_lost_the_lease_at_its_next_renewal(
     a = lease(client, redis_prefix, "a", 300 * MS)
     token = await a.acquire()
     assert token is not None
-    keeping = asyncio.create_task(a.keep(token))
+    keeping = asyncio.create_task(a.keep(token, asyncio.get_running_loop().time()))
     await client.delete(Keys(redis_prefix).leader)  # expired while paused...
     assert await lease(client, redis_prefix, "b", 10.0).acquire() is not None  # ...and taken
     assert await asyncio.wait_for(keeping, 1.0) == "taken"

@@ -262,13 +262,17 @@ def connect(url: str, *, blocking: bool = False) -> aioredis.Redis:
     behind its back.
     """
     timeout = COMMAND_TIMEOUT_S + (READ_BLOCK_MS / 1000 if blocking else 0)
-    client: aioredis.Redis = aioredis.Redis.from_url(
+    # A blocking pool: past MAX_CONNECTIONS a caller waits for a connection (up to the
+    # command timeout) instead of failing at once.
+    pool = aioredis.BlockingConnectionPool.from_url(
         url,
+        max_connections=MAX_CONNECTIONS,
+        timeout=COMMAND_TIMEOUT_S,
         socket_timeout=timeout,
         socket_connect_timeout=CONNECT_TIMEOUT_S,
-        max_connections=MAX_CONNECTIONS,
         retry=Retry(NoBackoff(), 0),
     )
+    client: aioredis.Redis = aioredis.Redis.from_pool(pool)  # closing the client closes the pool
     return client
 
 
