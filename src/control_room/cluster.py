@@ -68,6 +68,7 @@ REFRESH_QUEUE_MAX: Final = 1_000  # pending re-reads kept while no node leads; o
 REFRESH_BLOCK_S: Final = 1.0  # the leader's wait for a request; it re-checks its term after
 REPLY_TTL_MS: Final = 10_000  # an answer nobody picked up is dropped after this
 MAX_STEP_DOWN_BACKOFF_S: Final = 30.0  # a node failing to lead tries again at least this often
+MAX_ELECTION_BACKOFF_S: Final = 5.0  # Redis unreachable: try for the lease at least this often
 
 log = logs.get("cluster")
 
@@ -218,7 +219,9 @@ class Cluster:
                 failures += 1
                 self._metrics.redis_errors.labels("lease").inc()
                 log.debug("Lease attempt failed", extra={"error": describe(exc)})
-                await asyncio.sleep(backoff_delay(failures, self._lease_s * RETRY_SHARE, 5.0))
+                await asyncio.sleep(
+                    backoff_delay(failures, self._lease_s * RETRY_SHARE, MAX_ELECTION_BACKOFF_S)
+                )
                 continue
             if token is None:
                 wait = self._lease_s * RETRY_SHARE
