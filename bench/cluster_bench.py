@@ -2,7 +2,10 @@
 
     python -m bench.cluster_bench [--json]
 
-1. Latency of the Redis hop: ~1 KB deltas published at 20/s (bench.broadcast_server, one
+0. The Redis hop at the broker alone: 500 one-delta batches published one by one; the time
+   from `publish` to the delivery to a sink, on the publishing node and on a second one
+   (memory broker: the same, within one process).
+1. Latency of the Redis hop end to end: ~1 KB deltas published at 20/s (bench.broadcast_server, one
    delta per batch, its time stamped in the title) to 100 clients; single process (memory
    broker) against a two-node cluster (the publishing leader and a follower, 100 clients on
    each). Goal: p99 at most 10 ms above the single process.
@@ -37,7 +40,9 @@ from typing import Any, Final
 import aiohttp
 import msgspec
 import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry
 
+from bench.broadcast_server import bench_session
 from bench.loadgen import raise_file_limit
 from bench.run import (
     LOGS,
@@ -56,6 +61,13 @@ from bench.run import (
     summarise,
     upstream_run,
 )
+from control_room.broker.base import Batch
+from control_room.broker.memory import MemoryBroker
+from control_room.broker.redis import RedisBroker
+from control_room.leader import Lease
+from control_room.metrics import ClusterMetrics
+from control_room.models import Change
+from control_room.poller import iso_now
 from control_room.tasks import run_loop
 
 LATENCY_CLIENTS: Final = 100
@@ -68,6 +80,8 @@ CHANGE_PERIODS: Final = 1_200  # a minute of changes: longer than the three kill
 GOAL_EXTRA_P99_MS: Final = 10.0
 WINDOW_S: Final = PUBLISH_COUNT / 20.0  # bench.run publishes PUBLISH_COUNT at 20 per second
 LEAD_TIMEOUT_S: Final = 15.0
+HOP_PUBLISHES: Final = 500  # enough for a p99
+HOP_GAP_S: Final = 0.005  # between publishes: the reader is idle in XREAD, as in service
 
 
 async def redis_url(directory: str) -> tuple[str, subprocess.Popen[bytes] | None]:
@@ -217,6 +231,61 @@ async def broadcast_single(clients: int, tag: str) -> dict[str, Any]:
         await server.stop()
 
 
+class _Clock:
+    """A sink that notes when each batch is delivered."""
+
+    def __init__(self) -> None:
+        self.at: dict[int, float] = {}
+
+    def deliver(self, batch: Batch) -> None:
+        self.at[batch.first_seq] = time.perf_counter()
+
+
+async def broker_hop(url: str, prefix: str) -> dict[str, Any]:
+    """Publish -> delivery at the broker alone (no WebSocket): memory against Redis, on the
+    publishing node and on a second node (another connection in this process)."""
+    changes = [Change("updated", "s", bench_session("a", "PLANNING"), bench_session("b", "X"))]
+    memory = MemoryBroker(1000)
+    memory_clock = _Clock()
+    memory.add_sink(memory_clock)
+    started: dict[int, float] = {}
+    for _ in range(HOP_PUBLISHES):
+        batch = Batch(memory.stamp(changes, iso_now()))
+        started[batch.first_seq] = time.perf_counter()
+        await memory.publish(batch)
+    figures: dict[str, Any] = {"memory": _hop(started, memory_clock)}
+    metrics = ClusterMetrics(CollectorRegistry())
+    leader = RedisBroker(url, prefix, 1000, metrics)
+    follower = RedisBroker(url, prefix, 1000, ClusterMetrics(CollectorRegistry()))
+    leader_clock, follower_clock = _Clock(), _Clock()
+    leader.add_sink(leader_clock)
+    follower.add_sink(follower_clock)
+    await leader.start()
+    await follower.start()
+    try:
+        lease = Lease(leader.redis, leader.keys, "bench", 30.0)
+        leader.token = await lease.acquire()
+        started = {}
+        for _ in range(HOP_PUBLISHES):
+            batch = Batch(leader.stamp(changes, iso_now()))
+            started[batch.first_seq] = time.perf_counter()
+            await leader.publish(batch)
+            await asyncio.sleep(HOP_GAP_S)
+        await asyncio.sleep(0.2)
+        figures["redis_leader"] = _hop(started, leader_clock)
+        figures["redis_follower"] = _hop(started, follower_clock)
+    finally:
+        await leader.stop()
+        await follower.stop()
+        await wipe(url, prefix)
+    return figures
+
+
+def _hop(started: dict[int, float], clock: _Clock) -> dict[str, float]:
+    hops = sorted((clock.at[s] - t) * 1000 for s, t in started.items() if s in clock.at)
+    return {"p50_ms": pct(hops, 0.5), "p99_ms": pct(hops, 0.99), "n": len(hops)}
+
+
 class Arrivals:
     """A WebSocket client that notes when each delta arrives."""
 
@@ -312,6 +381,7 @@ async def main_async(as_json: bool) -> None:
         url, own = await redis_url(directory)
         try:
             prefix = f"bench-{secrets.token_hex(4)}"
+            report["broker_hop"] = await broker_hop(url, prefix + "-hop")
             report["latency_single"] = await broadcast_single(LATENCY_CLIENTS, "hop-single")
             report["latency_cluster"] = await broadcast_cluster(
                 url, prefix, [LATENCY_CLIENTS, LATENCY_CLIENTS], "hop-cluster"
@@ -337,9 +407,24 @@ async def main_async(as_json: bool) -> None:
 
 def table(report: dict[str, Any]) -> str:
     """The figures as Markdown."""
+    hop = report["broker_hop"]
+    lines = [
+        f"Publish -> delivered, the broker alone ({hop['memory']['n']} one-delta batches):",
+        "",
+        "| broker | delivered on | p50 ms | p99 ms |",
+        "|---|---|---|---|",
+    ]
+    for label, where, key in (
+        ("memory", "the process", "memory"),
+        ("Redis", "the leader", "redis_leader"),
+        ("Redis", "another node", "redis_follower"),
+    ):
+        f = hop[key]
+        lines.append(f"| {label} | {where} | {f['p50_ms']:.3f} | {f['p99_ms']:.3f} |")
+    lines.append("")
     single = report["latency_single"]["per_node"][0]
     leader, follower = report["latency_cluster"]["per_node"]
-    lines = [
+    lines += [
         "Latency, publish -> client, ~1 KB deltas at 20/s, 100 clients per node:",
         "",
         "| broker | clients on | p50 ms | p99 ms | max ms | p99 over single | delivered |",
