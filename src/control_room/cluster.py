@@ -162,13 +162,12 @@ class Cluster:
 
     async def stop(self) -> None:
         """Stop leading (giving the lease back), stop reading, leave."""
-        if not self._tasks:
-            return  # never started, or stopped already
-        await stop_tasks(self._tasks, self.broker.shared_clients)
-        self._tasks = []
-        with contextlib.suppress(*REDIS_ERRORS):
-            await self.broker.redis.hdel(self.broker.keys.nodes, self.node_id)
-        await self.broker.stop()
+        if self._tasks:  # none: never started, or stopped already
+            await stop_tasks(self._tasks, self.broker.shared_clients)
+            self._tasks = []
+            with contextlib.suppress(*REDIS_ERRORS):
+                await self.broker.redis.hdel(self.broker.keys.nodes, self.node_id)
+        await self.broker.stop()  # also after a start that failed half-way
 
     def wake(self) -> None:
         """Poll now, if this node leads (a rotated API key)."""

@@ -381,7 +381,6 @@ class RedisBroker:
         self.on_health: Callable[[str | None], None] = lambda error: None
         self.error: str | None = None
         """Why Redis is failing now (None: it answers)."""
-        self.shared_seq = 0  # the shared sessions seq, as last read (for the lag figure)
         self._scripts: dict[str, Any] = {}
 
     # -- lifecycle --
@@ -725,7 +724,6 @@ class RedisBroker:
         position, batch, ready, sessions = await self._load()
         self._position, self._batch, self.ready = position, batch, ready
         self._own.clear()
-        self.shared_seq = position.seq
         self._release_waiters()
         if reason not in QUIET_RESETS:
             self._metrics.resyncs.labels(reason).inc()
@@ -782,8 +780,7 @@ class RedisBroker:
         if epoch != p.epoch:
             await self._resync("epoch_changed")
             return
-        self.shared_seq = _int(head[1])
-        if self.shared_seq < p.seq:  # Redis came back with older data than was delivered
+        if _int(head[1]) < p.seq:  # Redis came back with older data than was delivered
             await self._resync("rolled_back")
             return
         if not self.ready and head[2] == b"1":
