@@ -63,7 +63,7 @@ from bench.run import (
 )
 from control_room.broker.base import Batch
 from control_room.broker.memory import MemoryBroker
-from control_room.broker.redis import RedisBroker
+from control_room.broker.redis import RedisBroker, drop_cluster
 from control_room.leader import Lease
 from control_room.metrics import ClusterMetrics
 from control_room.models import Change
@@ -128,13 +128,7 @@ def local(pid: int) -> bool:
 
 async def wipe(url: str, prefix: str) -> None:
     """Delete a run's keys."""
-    client = aioredis.Redis.from_url(url)
-    try:
-        keys = [k async for k in client.scan_iter(match=f"{{{prefix}}}*", count=1000)]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
+    await drop_cluster(url, prefix)
 
 
 async def stats(port: int) -> Any:

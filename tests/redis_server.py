@@ -21,7 +21,8 @@ from typing import Final
 
 import pytest
 import redis
-import redis.asyncio as aioredis
+
+from control_room.broker.redis import drop_cluster
 
 SHARED_PORT: Final = 6379
 START_TIMEOUT_S: Final = 10.0
@@ -125,15 +126,8 @@ def new_prefix() -> str:
 
 async def drop_prefix(url: str, prefix: str) -> None:
     """Delete every key under a test's prefix."""
-    client = aioredis.Redis.from_url(url)
-    try:
-        keys = [k async for k in client.scan_iter(match=f"{{{prefix}}}*", count=1000)]
-        if keys:
-            await client.delete(*keys)
-    except (redis.RedisError, OSError):
-        pass  # a test that killed its private server leaves nothing to clean
-    finally:
-        await client.aclose()
+    with contextlib.suppress(redis.RedisError, OSError):  # a killed private server: nothing
+        await drop_cluster(url, prefix)
 
 
 @contextlib.asynccontextmanager

@@ -24,7 +24,7 @@ from typing import Final
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from control_room.broker.redis import Keys
+from control_room.broker.redis import Keys, drop_cluster
 from control_room.jules.simulator import Simulator, SimulatorServer
 from control_room.tasks import run_loop
 
@@ -43,16 +43,6 @@ async def _answers(url: str) -> bool:
         return bool(await client.ping())
     except (RedisError, OSError):
         return False
-    finally:
-        await client.aclose()
-
-
-async def _wipe(url: str) -> None:
-    client = aioredis.Redis.from_url(url)
-    try:
-        keys = [k async for k in client.scan_iter(match=f"{{{PREFIX}}}*", count=1000)]
-        if keys:
-            await client.delete(*keys)
     finally:
         await client.aclose()
 
@@ -85,7 +75,7 @@ async def main(args: argparse.Namespace) -> None:
                 if await _answers(url):
                     break
                 await asyncio.sleep(0.05)
-        await _wipe(url)
+        await drop_cluster(url, PREFIX)
         sim = Simulator(args.seed)
         for _ in range(60):
             if len(sim) >= WARMUP_SESSIONS:
@@ -128,7 +118,7 @@ async def main(args: argparse.Namespace) -> None:
                     except TimeoutError:
                         proc.kill()
                 with contextlib.suppress(RedisError, OSError):
-                    await _wipe(url)
+                    await drop_cluster(url, PREFIX)
                 if redis_proc is not None:
                     redis_proc.terminate()
                     redis_proc.wait()

@@ -276,6 +276,17 @@ def connect(url: str, *, blocking: bool = False) -> aioredis.Redis:
     return client
 
 
+async def drop_cluster(url: str, prefix: str) -> int:
+    """Delete every key of the cluster under `prefix` (tests, benchmarks, `make cluster`);
+    how many. Raises one of REDIS_ERRORS."""
+    client = aioredis.Redis.from_url(url)
+    try:
+        keys = [k async for k in client.scan_iter(match=f"{{{prefix}}}*", count=1000)]
+        return int(await client.delete(*keys)) if keys else 0
+    finally:
+        await client.aclose()
+
+
 REDIS_ERRORS: Final = (RedisError, OSError)
 """What a Redis call raises when Redis is unreachable, slow or refuses."""
 
