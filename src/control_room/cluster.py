@@ -250,7 +250,7 @@ class Cluster:
         self._step_down.clear()
         started = time.monotonic()
         tasks: list[asyncio.Task[Any]] = []
-        term: Term | None = None
+        notifier: Notifier | None = None
         outcome = "failed"
         try:
             await broker.caught_up(self._lease_s * CATCH_UP_SHARE)
@@ -263,7 +263,7 @@ class Cluster:
             )
             poller.health.broker_error = broker.error
             poller.health.baseline_done = broker.ready
-            term = self.term = Term(poller, notifier)
+            self.term = Term(poller, notifier)
             self._metrics.leader.set(1)
             self.led_since = time.time()
             log.info(
@@ -293,8 +293,8 @@ class Cluster:
             log.exception("Leading failed")
         finally:
             await stop_tasks(tasks, broker.shared_clients)
-            if term is not None and term.notifier is not None:
-                await term.notifier.stop()  # saves cursors while the token is still ours
+            if notifier is not None:
+                await notifier.stop()  # saves cursors while the token is still ours
             broker.token = None
             self.term = None
             self.led_since = None
@@ -326,7 +326,7 @@ class Cluster:
             "Leader's poller stopped; stepping down",
             extra={"error": describe(exc) if exc is not None else "ended"},
         )
-        return "publish_failed"
+        return "poller_failed"
 
     async def _serve_refresh(self, poller: Poller) -> None:
         """Leader: carry out the re-reads other nodes ask for, and answer each."""
