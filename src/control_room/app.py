@@ -17,6 +17,7 @@ from control_room.commands import Commands
 from control_room.config import ConfigError, Settings
 from control_room.jules.actions import JulesActions
 from control_room.jules.client import JulesClient, RequestPolicy
+from control_room.jules.requests import RequestCounter
 from control_room.metrics import Metrics
 from control_room.models import Snapshot
 from control_room.notifier import Notifier, RetryTiming
@@ -87,6 +88,10 @@ class Service:
     ) -> None:
         self.settings = settings
         self.metrics = Metrics()
+        # Every request to Jules, by kind: the budget (`/api/stats`, upstream_requests_total).
+        self.requests = RequestCounter(
+            lambda kind: self.metrics.upstream_requests.labels(kind).inc()
+        )
         # With PERSIST=1 the ring is a cache of recent history; the store holds the rest.
         self.store: Store | None = create_store(settings) if settings.persist else None
         self.broker = MemoryBroker(
@@ -143,7 +148,9 @@ class Service:
             self._http = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=UPSTREAM_CONNECTIONS)
             )
-            upstream = JulesClient(self._http, s.jules_api_base, jules_key, retry=self._retry)
+            upstream = JulesClient(
+                self._http, s.jules_api_base, jules_key, retry=self._retry, requests=self.requests
+            )
         notifier = self.notifier = self._notifier()
         if notifier is not None:
             await notifier.start()
@@ -152,6 +159,9 @@ class Service:
             self.broker,
             self.metrics,
             interval=s.poll_interval,
+            full_listing_interval=s.full_listing_interval,
+            stall_after=s.stall_after,
+            requests=self.requests,
             persist=self.store.save if self.store is not None else None,
             notify=notifier.enqueue if notifier is not None else None,
             initial=initial,
@@ -162,7 +172,7 @@ class Service:
         commands: Commands | None = None
         actions: JulesActions | None = None
         if self._http is not None and jules_key is not None:  # tests may inject an upstream
-            actions = JulesActions(self._http, s.jules_api_base, jules_key)
+            actions = JulesActions(self._http, s.jules_api_base, jules_key, self.requests)
             commands = Commands(actions, poller.refresh, lambda sid: self.state.sessions.get(sid))
         api = Api(
             token=s.local_token,
