@@ -29,7 +29,7 @@ after a create), stays due and is read again next poll; a failing one backs off.
 
 from __future__ import annotations
 
-from collections.abc import Container, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -175,15 +175,11 @@ class Cursors:
         self._cursors[sid] = cursor
 
     @staticmethod
-    def new_activities(
-        read: Read, listing: ActivityListing, known: Container[str] = ()
-    ) -> list[Activity]:
-        """The activities of `listing` to announce: created after the read's bounds (to the
-        nanosecond; one whose time does not parse counts as new) and not in `known`."""
+    def new_activities(read: Read, listing: ActivityListing) -> list[Activity]:
+        """The activities of `listing` to announce: those created after the read's bounds
+        (to the nanosecond; one whose time does not parse counts as new)."""
         fresh: list[Activity] = []
         for activity in listing.activities:
-            if activity.id in known:
-                continue
             if read.after is not None and rfc3339.later(activity.createdAt, read.after) is False:
                 continue  # the upstream should have filtered it out
             if (

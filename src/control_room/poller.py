@@ -442,10 +442,10 @@ class Poller:
             result = results.get(sid)
             if isinstance(result, ActivityListing):
                 metrics.activity_reads.labels("ok").inc()
-                timeline = self.state.peek_timeline(sid)
-                known: frozenset[str] | set[str] = timeline.ids if timeline else frozenset()
+                # New by the cursor's bounds alone, never by what a timeline holds: a
+                # timeline read over REST may already hold activities not yet announced.
                 if sid in sessions:
-                    activities.extend(cursors.new_activities(read, result, known))
+                    activities.extend(cursors.new_activities(read, result))
                 done.append((read, result))
                 if result.bad:
                     metrics.activities_skipped.inc(len(result.bad))

@@ -38,8 +38,9 @@ minute at a 5 s poll; usually there are one or two (an old session given a follo
 Beyond eight, the most recently updated are read and the others wait for the complete
 listing (logged): a budget of ~60 requests a minute cannot afford more."""
 FULL_LISTING_SLACK: Final = 0.5
-"""A complete listing is due once FULL_LISTING_INTERVAL less half a poll interval has passed,
-so a poll that starts a few milliseconds early does not postpone it by a whole interval."""
+"""A complete listing is due once FULL_LISTING_INTERVAL less half a poll interval (at most a
+quarter of FULL_LISTING_INTERVAL) has passed: a poll that starts a few milliseconds early
+does not postpone it by a whole poll interval."""
 
 
 def is_finished(session: JulesSession) -> bool:
@@ -60,7 +61,8 @@ class ListingSchedule:
 
     def __init__(self, full_interval: float, poll_interval: float) -> None:
         self.full_interval = full_interval
-        self._due_after = max(0.0, full_interval - poll_interval * FULL_LISTING_SLACK)
+        slack = min(poll_interval * FULL_LISTING_SLACK, full_interval / 4)
+        self._due_after = full_interval - slack
         self.last_complete: float | None = None
 
     def complete_due(self, now: float) -> bool:

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
+from control_room import rfc3339
 from control_room.broker.base import Batch
 from control_room.health import UpstreamHealth
 from control_room.models import Activity, JulesSession
@@ -106,5 +107,7 @@ class State:
         return fresh
 
 
-def _created(activity: Activity) -> str:
-    return activity.createdAt
+def _created(activity: Activity) -> tuple[int, int]:
+    # By instant, not by text: `...:00Z` sorts after `...:00.5Z` as text. Stable, so equal
+    # or unreadable times keep Jules' own order (oldest first).
+    return rfc3339.instant(activity.createdAt) or (0, 0)

@@ -16,6 +16,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, TypeVar
+from urllib.parse import quote
 
 import aiohttp
 import msgspec
@@ -279,7 +280,7 @@ class JulesClient:
         decode is skipped and named in `bad`. UpstreamError for every other failure, and
         for paging that loops or runs past MAX_ACTIVITY_PAGES.
         """
-        path = f"/sessions/{session_id}/activities"
+        path = f"/sessions/{quote(session_id, safe='')}/activities"
         params = {"pageSize": str(ACTIVITY_PAGE_SIZE)}
         if after is not None:
             params["filter"] = f'create_time>"{after}"'
@@ -317,7 +318,7 @@ class JulesClient:
     async def get_activity(self, session_id: str, activity_id: str) -> msgspec.Raw | None:
         """One activity exactly as sent (whole patches and media included); None on 404
         NOT_FOUND; UpstreamError otherwise."""
-        path = f"/sessions/{session_id}/activities/{activity_id}"
+        path = f"/sessions/{quote(session_id, safe='')}/activities/{quote(activity_id, safe='')}"
         try:
             return await self._get(path, {}, _raw_decoder, GET_ACTIVITY)
         except UpstreamError as exc:
