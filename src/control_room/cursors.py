@@ -47,6 +47,11 @@ NOT_FOUND_GRACE_S: Final = 60.0
 """How long after first sight a 404 on a session's activities is believed to be Jules'
 transient one (the simulator's lasts 0.5 s; the real API's is unmeasured). Later, a 404
 means the session is gone, and a complete listing will say so; the read is dropped."""
+BEFORE_THE_PLAN: Final = frozenset({"QUEUED", "PLANNING"})
+"""States in which Jules writes no activity (its first is the plan). A session that moves
+into one is not read: a read would come back empty, and two such reads per new session are
+an eighth of the budget. Nothing is lost by not reading: the cursor stays where it was, so
+the next read (the plan) brings whatever there is. A command's re-read is not skipped."""
 RETRY_CAP_S: Final = 60.0
 """A session whose activities keep failing is retried at most this far apart (it is read
 again at once whenever it changes)."""
@@ -121,7 +126,8 @@ class Cursors:
         limit: int = READS_PER_POLL,
         include_due: bool = True,
     ) -> list[Read]:
-        """This poll's reads, at most `limit`: sessions created or moved in `changes`, then
+        """This poll's reads, at most `limit`: sessions created or moved in `changes` (unless
+        they are still BEFORE_THE_PLAN), then
         those `touched` by a command, then those due from earlier polls, then `follow`ed
         sessions never read (their timelines). What does not fit stays due. Without
         `include_due`, only `changes` and `touched` are read (a command's quick re-read).
@@ -135,7 +141,8 @@ class Cursors:
                 self.forget(sid)
             elif _moved(change):
                 self._start(sid, change.before, now)
-                wanted[sid] = None
+                if change.after.state not in BEFORE_THE_PLAN:
+                    wanted[sid] = None
         for sid in touched:
             session = sessions.get(sid)
             if session is not None:

@@ -26,7 +26,7 @@ def activity(aid: str, created: str, sid: str = "1") -> Activity:
 
 def test_a_created_session_is_read_whole_and_every_activity_is_new() -> None:
     cursors = Cursors(interval=5)
-    new = at(session("1", state="QUEUED"), T0)
+    new = at(session("1", state="AWAITING_PLAN_APPROVAL"), T0)
     [read] = cursors.plan([Change("created", "1", None, new)], {"1": new}, now=0)
     assert read == Read("1", None, None) and read.whole
     listing = ActivityListing([activity("a", T0), activity("b", T1)], newest_time=T1)
@@ -51,6 +51,19 @@ def test_a_working_session_without_cursor_is_read_whole_but_announces_only_later
     assert [a.id for a in cursors.new_activities(read, listing)] == ["new"]
 
 
+def test_a_session_before_its_plan_is_not_read_and_its_first_read_announces_everything() -> None:
+    cursors = Cursors(interval=5)
+    queued = at(session("1", state="QUEUED"), T0)
+    assert cursors.plan([Change("created", "1", None, queued)], {"1": queued}, now=0) == []
+    planning = at(queued, T1, "PLANNING")
+    assert cursors.plan([Change("updated", "1", queued, planning)], {"1": planning}, 1) == []
+    planned = at(planning, T2, "AWAITING_PLAN_APPROVAL")
+    [read] = cursors.plan([Change("updated", "1", planning, planned)], {"1": planned}, 2)
+    assert read == Read("1", None, None)  # from the beginning, every one new
+    # A command's re-read is never skipped.
+    assert cursors.plan([], {"1": queued}, 3, touched=["1"]) == [Read("1", None, None)]
+
+
 def test_an_update_that_does_not_move_updated_at_reads_nothing() -> None:
     cursors = Cursors(interval=5)
     before = at(session("1", state="IN_PROGRESS"), T0)
@@ -72,7 +85,7 @@ def test_the_baseline_follows_working_sessions_without_announcing_their_past() -
 
 def test_an_advanced_cursor_reads_only_newer_and_drops_what_the_upstream_failed_to_filter() -> None:
     cursors = Cursors(interval=5)
-    s = at(session("1", state="QUEUED"), T0)
+    s = at(session("1", state="IN_PROGRESS"), T0)
     [read] = cursors.plan([Change("created", "1", None, s)], {"1": s}, now=0)
     cursors.advance(read, ActivityListing([activity("a", T0)], newest_time=T0))
     moved = at(s, T1)
@@ -84,7 +97,7 @@ def test_an_advanced_cursor_reads_only_newer_and_drops_what_the_upstream_failed_
 
 def test_a_failed_read_stays_due_and_keeps_its_cursor() -> None:
     cursors = Cursors(interval=5)
-    s = at(session("1", state="QUEUED"), T0)
+    s = at(session("1", state="IN_PROGRESS"), T0)
     [read] = cursors.plan([Change("created", "1", None, s)], {"1": s}, now=0)
     cursors.failed(read, now=0)
     assert cursors.due == 1
@@ -94,7 +107,7 @@ def test_a_failed_read_stays_due_and_keeps_its_cursor() -> None:
 
 def test_a_404_is_transient_within_the_grace_then_dropped() -> None:
     cursors = Cursors(interval=5)
-    s = at(session("1", state="QUEUED"), T0)
+    s = at(session("1", state="IN_PROGRESS"), T0)
     [read] = cursors.plan([Change("created", "1", None, s)], {"1": s}, now=0)
     assert cursors.not_found(read, now=1) is True
     assert cursors.plan([], {"1": s}, now=2) == [read]
@@ -119,7 +132,7 @@ def test_reads_over_the_limit_wait_for_the_next_poll_changes_first() -> None:
 
 def test_a_deleted_session_is_forgotten() -> None:
     cursors = Cursors(interval=5)
-    s = at(session("1", state="QUEUED"), T0)
+    s = at(session("1", state="IN_PROGRESS"), T0)
     [read] = cursors.plan([Change("created", "1", None, s)], {"1": s}, now=0)
     cursors.failed(read, now=0)
     assert cursors.plan([Change("deleted", "1", s, None)], {}, now=10) == []
