@@ -16,9 +16,10 @@ DEFAULT_PORT: Final = 3001
 DEFAULT_JULES_API_BASE: Final = "https://jules.googleapis.com/v1alpha"
 DEFAULT_POLL_INTERVAL_MS: Final = 5_000  # the seed's period: fresh enough, gentle on quota
 DEFAULT_FULL_LISTING_INTERVAL_S: Final = 60.0
-"""Every page is listed once a minute: any change to an older (mostly finished) session
-reaches clients within about a minute, and deletions (which only a complete listing may
-announce) too; between them a poll reads the first page only (see docs/topics/polling.md)."""
+"""Every page is listed again within a minute of its last read: any change to an older
+(mostly finished) session reaches clients within a minute, and deletions (which only a
+complete listing may announce) too; between them a poll reads the first page only, so the
+budget stays near 60 requests a minute at 2,500 sessions (see docs/topics/polling.md)."""
 DEFAULT_STALL_AFTER_S: Final = 15 * 60.0
 """A working session silent for 15 minutes is flagged: Jules logs progress every minute or
 so while it works, so a quarter of an hour of silence is worth a look."""

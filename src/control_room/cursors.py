@@ -208,6 +208,12 @@ class Cursors:
         cursor.retry_at = 0.0
         self._due.pop(read.session_id, None)
 
+    def again(self, reads: Iterable[Read]) -> None:
+        """The reads were not published (the store refused): read them again next poll."""
+        for read in reads:
+            if read.session_id in self._cursors:
+                self._due[read.session_id] = None
+
     def failed(self, read: Read, now: float) -> None:
         """The read failed: read it again, backing off while it keeps failing."""
         cursor = self._cursors.get(read.session_id)

@@ -274,12 +274,13 @@ class Poller:
         if (changes or activities) and not await self._publish(
             changes, activities, current.sessions
         ):
+            self._cursors.again(read for read, _ in done)
             return self._interval
         self._advance(done)
         self._following = True
         if complete:
             self._listing = current
-            self._schedule.listed_completely(started)
+            self._schedule.listed_completely(started, loop.time())
             self.last_complete_listing = time.time()
         else:
             assert self._listing is not None  # the first poll is always complete
@@ -428,9 +429,11 @@ class Poller:
         reads: Sequence[Read],
         results: dict[str, ActivityListing | UpstreamError | None],
         sessions: Snapshot,
+        streak: str = "poll",
     ) -> tuple[list[Activity], list[tuple[Read, ActivityListing]]]:
         """The new activities to publish (by session, oldest first), and the reads to
-        advance once they are published. Failed reads are due again; each is counted."""
+        advance once they are published. Failed reads are due again; each is counted, and
+        logged once per streak (polls and command re-reads each have their own)."""
         now = asyncio.get_running_loop().time()
         cursors, metrics = self._cursors, self._metrics
         activities: list[Activity] = []
@@ -468,7 +471,7 @@ class Poller:
                 failed[sid] = (
                     result.detail if isinstance(result, UpstreamError) else "no answer in time"
                 )
-        new, _ = self._streaks.update("activities_failed", failed)
+        new, _ = self._streaks.update(f"activities_failed_{streak}", failed)
         if new:
             log.warning(
                 "Activities could not be read; read again next poll",
@@ -478,7 +481,7 @@ class Poller:
                     "error": failed[new[0]],
                 },
             )
-        new, _ = self._streaks.update("activities_bad", bad)
+        new, _ = self._streaks.update(f"activities_bad_{streak}", bad)
         for entry in new:
             log.warning("Activity skipped: it cannot be used", extra={"error": entry})
         return activities, done
@@ -560,8 +563,9 @@ class Poller:
                 include_due=False,
             )
             results = await self._read_activities(reads, loop.time() + self._check_budget)
-            activities, done = self._settle_reads(reads, results, sessions)
+            activities, done = self._settle_reads(reads, results, sessions, "refresh")
             if (changes or activities) and not await self._publish(changes, activities, sessions):
+                self._cursors.again(read for read, _ in done)
                 return
             self._advance(done)
             # The next listing is diffed against this, so the change is not sent twice.

@@ -6,9 +6,9 @@ So a poll reads:
 
 - the **first page** (the newest 100 sessions, where new and working sessions are) every
   `POLL_INTERVAL_MS`. Without a next page it *is* a complete listing;
-- a **complete listing** (every page, with the torn-listing checks) once every
-  `FULL_LISTING_INTERVAL`: any change to an older session reaches clients within it, and
-  only a complete listing may delete;
+- a **complete listing** (every page, with the torn-listing checks) often enough that it
+  ends within `FULL_LISTING_INTERVAL` of the previous one's start: any change to an older
+  session reaches clients within it, and only a complete listing may delete;
 - each **hot** session beyond the first page on its own (`GET /sessions/{id}`), so that an
   older session someone is working on again is as fresh as a new one.
 
@@ -37,10 +37,10 @@ MAX_HOT_GETS: Final = 8
 minute at a 5 s poll; usually there are one or two (an old session given a follow-up).
 Beyond eight, the most recently updated are read and the others wait for the complete
 listing (logged): a budget of ~60 requests a minute cannot afford more."""
-FULL_LISTING_SLACK: Final = 0.5
-"""A complete listing is due once FULL_LISTING_INTERVAL less half a poll interval (at most a
-quarter of FULL_LISTING_INTERVAL) has passed: a poll that starts a few milliseconds early
-does not postpone it by a whole poll interval."""
+LOOKAHEAD_SHARE: Final = 0.25
+"""How far ahead a complete listing is planned: one poll interval, but at most a quarter of
+FULL_LISTING_INTERVAL (with a poll interval longer than that, as in tests that poll on
+demand, the listing is planned a quarter interval ahead)."""
 
 
 def is_finished(session: JulesSession) -> bool:
@@ -57,21 +57,32 @@ def is_hot(session: JulesSession) -> bool:
 
 
 class ListingSchedule:
-    """When the next complete listing is due. Times are monotonic seconds."""
+    """When the next complete listing is due. Times are monotonic seconds.
+
+    A complete listing runs on a poll's tick, so it is planned one poll ahead: it runs on
+    the last tick at which it still *ends* within FULL_LISTING_INTERVAL of the previous
+    one's start (judged by how long that one took). Every page is then read again, and its
+    changes published, within FULL_LISTING_INTERVAL of its previous read: with a 5 s poll
+    and a 60 s interval, every 55 s.
+    """
 
     def __init__(self, full_interval: float, poll_interval: float) -> None:
         self.full_interval = full_interval
-        slack = min(poll_interval * FULL_LISTING_SLACK, full_interval / 4)
-        self._due_after = full_interval - slack
+        self._lookahead = min(poll_interval, full_interval * LOOKAHEAD_SHARE)
         self.last_complete: float | None = None
+        self.last_duration = 0.0
 
     def complete_due(self, now: float) -> bool:
         """True when this poll must list every page (always before the first complete one)."""
-        return self.last_complete is None or now - self.last_complete >= self._due_after
+        if self.last_complete is None:
+            return True
+        next_one_ends = now - self.last_complete + self._lookahead + self.last_duration
+        return next_one_ends > self.full_interval
 
-    def listed_completely(self, started: float) -> None:
-        """Record a complete listing that started at `started`."""
+    def listed_completely(self, started: float, ended: float) -> None:
+        """Record a complete listing that ran from `started` to `ended` (published)."""
         self.last_complete = started
+        self.last_duration = max(0.0, ended - started)
 
 
 def hot_beyond(

@@ -79,7 +79,7 @@ async def test_a_change_on_page_20_arrives_with_the_next_complete_listing(
     [delta] = await until_complete_listing(service, sim, ws)
     assert (delta["sessionId"], delta["after"]["title"]) == (oldest, "Renamed weeks later")
     assert sim.requests["list_next_page"] == 19
-    assert time.monotonic() - started >= FULL * 0.75
+    assert time.monotonic() - started >= FULL * 0.5  # not before its time
 
 
 async def test_a_partial_listing_never_deletes_a_complete_one_does(

@@ -17,26 +17,33 @@ NOON = "2026-01-01T12:00:00Z"
 NOON_S = 1767268800.0
 
 
-def test_the_first_poll_lists_everything_then_once_per_full_interval() -> None:
+def test_the_first_poll_lists_everything_then_ends_within_each_full_interval() -> None:
     schedule = ListingSchedule(full_interval=60, poll_interval=5)
     assert schedule.complete_due(0)
-    schedule.listed_completely(0)
-    polls = [t for t in range(5, 130, 5) if schedule.complete_due(t)]
-    assert polls[0] == 60  # not 55 (too early), not 65 (a poll late)
-    schedule.listed_completely(60)
-    assert next(t for t in range(65, 130, 5) if schedule.complete_due(t)) == 120
+    schedule.listed_completely(0, 0.3)
+    # Waiting for the tick at 60 would end the next listing at 60.3: it runs at 55.
+    assert next(t for t in range(5, 130, 5) if schedule.complete_due(t)) == 55
+    schedule.listed_completely(55, 55.3)
+    assert next(t for t in range(60, 130, 5) if schedule.complete_due(t)) == 110
 
 
-def test_a_poll_a_little_early_does_not_postpone_the_complete_listing() -> None:
+def test_a_listing_that_takes_longer_is_started_earlier() -> None:
     schedule = ListingSchedule(full_interval=60, poll_interval=5)
-    schedule.listed_completely(0)
-    assert schedule.complete_due(59.99)
+    schedule.listed_completely(0, 8)  # a slow upstream: 8 s for every page
+    assert next(t for t in range(5, 130, 5) if schedule.complete_due(t)) == 50
 
 
 def test_a_full_interval_shorter_than_the_poll_lists_everything_every_poll() -> None:
     schedule = ListingSchedule(full_interval=1, poll_interval=5)
-    schedule.listed_completely(0)
+    schedule.listed_completely(0, 0.1)
     assert schedule.complete_due(5)
+
+
+def test_with_polls_on_demand_the_listing_is_planned_a_quarter_interval_ahead() -> None:
+    schedule = ListingSchedule(full_interval=2, poll_interval=3600)
+    schedule.listed_completely(0, 0.1)
+    assert not schedule.complete_due(1.3)
+    assert schedule.complete_due(1.5)
 
 
 @pytest.mark.parametrize(
