@@ -156,7 +156,11 @@ class Cursors:
                 wanted[sid] = None
         for sid in follow:
             session = sessions.get(sid)
-            if session is not None and sid not in self._cursors:
+            if (
+                session is not None
+                and sid not in self._cursors
+                and session.state not in BEFORE_THE_PLAN
+            ):
                 self._start(sid, session, now)
                 wanted[sid] = None
         reads: list[Read] = []

@@ -167,7 +167,7 @@ async def test_every_request_to_jules_is_counted_by_kind(
     assert ours["list_activities"] >= 2 and ours["approve"] == 1
     minute = stats["upstream"]["requestsLastMinute"]
     assert minute["list_first_page"] == ours["list_first_page"] + before["list_first_page"]
-    assert stats["polling"]["fullListingIntervalSeconds"] == 60.0
+    assert stats["polling"]["fullListingIntervalSeconds"] == service.settings.full_listing_interval
     async with http.get(service.url + "/metrics", headers=AUTH) as resp:
         metrics = await resp.text()
     total = stats["upstream"]["requestsTotal"]["list_first_page"]

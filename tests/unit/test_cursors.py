@@ -137,3 +137,12 @@ def test_a_deleted_session_is_forgotten() -> None:
     cursors.failed(read, now=0)
     assert cursors.plan([Change("deleted", "1", s, None)], {}, now=10) == []
     assert (cursors.due, len(cursors)) == (0, 0)
+
+
+def test_the_baseline_does_not_read_sessions_before_their_plan() -> None:
+    cursors = Cursors(interval=5)
+    queued = at(session("1", state="QUEUED"), T0)
+    assert cursors.plan([], {"1": queued}, now=0, follow=["1"]) == []
+    planned = at(queued, T1, "AWAITING_PLAN_APPROVAL")
+    [read] = cursors.plan([Change("updated", "1", queued, planned)], {"1": planned}, now=1)
+    assert (read.after, read.through) == (None, T0)  # whole, announcing what is after T0
