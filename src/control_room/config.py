@@ -16,6 +16,14 @@ from control_room.signing import BadSecret, secret_key
 DEFAULT_PORT: Final = 3001
 DEFAULT_JULES_API_BASE: Final = "https://jules.googleapis.com/v1alpha"
 DEFAULT_POLL_INTERVAL_MS: Final = 5_000  # the seed's period: fresh enough, gentle on quota
+DEFAULT_FULL_LISTING_INTERVAL_S: Final = 60.0
+"""Every page is listed again within a minute of its last read: any change to an older
+(mostly finished) session reaches clients within a minute, and deletions (which only a
+complete listing may announce) too; between them a poll reads the first page only, so the
+budget stays near 60 requests a minute at 2,500 sessions (see docs/topics/polling.md)."""
+DEFAULT_STALL_AFTER_S: Final = 15 * 60.0
+"""A working session silent for 15 minutes is flagged: Jules logs progress every minute or
+so while it works, so a quarter of an hour of silence is worth a look."""
 DEFAULT_HEARTBEAT_INTERVAL_MS: Final = 30_000  # the seed's period; proxies idle out at ~60 s
 DEFAULT_MAX_BUFFER_BYTES: Final = 1_048_576  # the seed's 1 MiB, also Centrifugo's default
 DEFAULT_HISTORY_SIZE: Final = 10_000  # ~10 MB of typical deltas; hours of a busy account
@@ -26,6 +34,13 @@ DEFAULT_NOTIFY_QUEUE_SIZE: Final = 10_000  # bounded memory when nothing persist
 DEFAULT_COMPRESSION_MIN_BYTES: Final = 512
 """Messages shorter than this go uncompressed: below about half a KiB the deflate framing
 and the client's inflate cost more than the bytes saved."""
+DEFAULT_LEASE_MS: Final = 10_000
+"""The leader's lease: a killed leader is replaced within this (plus one retry), and a node
+that stops hearing from Redis stops polling within it; ten seconds rides out a GC pause or
+a slow Redis failover without a needless change of leader."""
+MIN_LEASE_MS: Final = 100  # renewals run every third of it: shorter would be all renewing
+DEFAULT_REDIS_PREFIX: Final = "control-room"
+REDIS_SCHEMES: Final = ("redis", "rediss", "unix")
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 LOG_FORMATS: Final = ("json", "console")
 T = TypeVar("T")
@@ -65,6 +80,8 @@ class Settings:
     jules_api_key_file: Path | None = None  # instead of jules_api_key: re-read when it changes
     jules_api_base: str = DEFAULT_JULES_API_BASE
     poll_interval: float = DEFAULT_POLL_INTERVAL_MS / 1000
+    full_listing_interval: float = DEFAULT_FULL_LISTING_INTERVAL_S
+    stall_after: float = DEFAULT_STALL_AFTER_S
     heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL_MS / 1000
     max_buffer_bytes: int = DEFAULT_MAX_BUFFER_BYTES
     log_level: str = "info"
@@ -82,6 +99,10 @@ class Settings:
     metrics_public: bool = False
     compression: bool = True
     compression_min_bytes: int = DEFAULT_COMPRESSION_MIN_BYTES
+    redis_url: str = field(default="", repr=False)  # set: a cluster member (may hold a password)
+    redis_prefix: str = DEFAULT_REDIS_PREFIX  # every key this cluster uses starts with it
+    lease: float = DEFAULT_LEASE_MS / 1000
+    node_id: str = ""  # empty: host name and port, known once the port is bound
 
 
 def read_dotenv(path: Path) -> dict[str, str]:
@@ -313,6 +334,16 @@ def load(
     database_url = env.get("DATABASE_URL", "").strip()
     if database_url and urlsplit(database_url).scheme not in ("postgres", "postgresql"):
         problems.add("DATABASE_URL", "expected a postgresql:// URL")
+    redis_url = env.get("REDIS_URL", "").strip()
+    if redis_url and urlsplit(redis_url).scheme not in REDIS_SCHEMES:
+        problems.add("REDIS_URL", "expected a redis://, rediss:// or unix:// URL")
+    persist = check(lambda: _bool(env, "PERSIST"), False)
+    if redis_url and persist and not database_url:
+        problems.add(
+            "REDIS_URL",
+            "nodes of a cluster cannot share SQLite: with PERSIST=1 set"
+            " DATABASE_URL=postgresql://..., or unset PERSIST",
+        )
     settings = Settings(
         host=env.get("HOST", "").strip() or "127.0.0.1",
         port=check(lambda: _int(env, "PORT", DEFAULT_PORT, minimum=0), DEFAULT_PORT),
@@ -334,6 +365,11 @@ def load(
             lambda: _int(env, "POLL_INTERVAL_MS", DEFAULT_POLL_INTERVAL_MS, minimum=10), 0
         )
         / 1000,
+        full_listing_interval=check(
+            lambda: _duration(env, "FULL_LISTING_INTERVAL", DEFAULT_FULL_LISTING_INTERVAL_S),
+            0.0,
+        ),
+        stall_after=check(lambda: _duration(env, "STALL_AFTER", DEFAULT_STALL_AFTER_S), 0.0),
         heartbeat_interval=check(
             lambda: _int(env, "HEARTBEAT_INTERVAL_MS", DEFAULT_HEARTBEAT_INTERVAL_MS, minimum=10),
             0,
@@ -344,7 +380,7 @@ def load(
         ),
         log_level=check(lambda: _choice(env, "LOG_LEVEL", "info", LOG_LEVELS), "info"),
         log_format=check(lambda: _choice(env, "LOG_FORMAT", "json", LOG_FORMATS), "json"),
-        persist=check(lambda: _bool(env, "PERSIST"), False),
+        persist=persist,
         data_dir=Path(env.get("DATA_DIR", "").strip() or "data"),
         database_url=database_url,
         history_size=check(lambda: _int(env, "HISTORY_SIZE", DEFAULT_HISTORY_SIZE), 0),
@@ -367,6 +403,11 @@ def load(
             lambda: _int(env, "COMPRESSION_MIN_BYTES", DEFAULT_COMPRESSION_MIN_BYTES, minimum=0),
             DEFAULT_COMPRESSION_MIN_BYTES,
         ),
+        redis_url=redis_url,
+        redis_prefix=env.get("REDIS_PREFIX", "").strip() or DEFAULT_REDIS_PREFIX,
+        lease=check(lambda: _int(env, "LEASE_MS", DEFAULT_LEASE_MS, minimum=MIN_LEASE_MS), 0)
+        / 1000,
+        node_id=env.get("NODE_ID", "").strip(),
     )
     if problems.found:
         raise ConfigError.of(problems.found)

@@ -10,6 +10,8 @@ from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from control_room.jules.requests import REQUEST_KINDS
+
 CLOSE_REASONS: Final = (
     "normal",
     "heartbeat_timeout",
@@ -54,6 +56,12 @@ LISTING_ANOMALIES: Final = (
 """What a listing entry can get wrong (see jules/mapping.py); none of them becomes a delta."""
 DELETION_CHECK_OUTCOMES: Final = ("gone", "present", "unknown")
 """What a `GET /sessions/{id}` of a vanished session said (see deletions.py)."""
+ACTIVITY_READ_OUTCOMES: Final = ("ok", "not_found_yet", "gone", "failed")
+"""What one read of a session's activities came to (see cursors.py): read, Jules' transient
+404 after a create (read again), a 404 past the grace period (dropped), any other failure
+(read again, backing off)."""
+LISTING_KINDS: Final = ("complete", "first_page")
+"""A poll lists every page, or only the first one (see schedule.py)."""
 FAST_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 """Broadcast and diff take well under a millisecond to tens of milliseconds."""
 SLOW_BUCKETS: Final = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -158,6 +166,52 @@ class Metrics:
             "Listing entries in the last listing that could not be used (last good kept)",
             registry=r,
         )
+        self.upstream_requests = Counter(
+            p + "upstream_requests",
+            "Requests sent to the Jules API, retries included, by kind",
+            ["kind"],
+            registry=r,
+        )
+        self.listings = Counter(
+            p + "listings",
+            "Successful session listings by kind: every page, or the first page only",
+            ["kind"],
+            registry=r,
+        )
+        self.hot_sessions = Gauge(
+            p + "hot_sessions_read",
+            "Working sessions beyond the first page read one by one in the last partial poll",
+            registry=r,
+        )
+        self.hot_sessions_deferred = Gauge(
+            p + "hot_sessions_deferred",
+            "Working sessions beyond the first page left to the complete listing (over the cap)",
+            registry=r,
+        )
+        self.activity_reads = Counter(
+            p + "activity_reads",
+            "Reads of one session's new activities, by outcome",
+            ["outcome"],
+            registry=r,
+        )
+        self.activities_published = Counter(
+            p + "activities_published", "New activities published", registry=r
+        )
+        self.activities_skipped = Counter(
+            p + "activities_skipped",
+            "Activities that could not be decoded and were skipped",
+            registry=r,
+        )
+        self.activity_reads_due = Gauge(
+            p + "activity_reads_due",
+            "Sessions whose new activities wait for a later poll (failed, not found yet, deferred)",
+            registry=r,
+        )
+        self.sessions_stalled = Gauge(
+            p + "sessions_stalled",
+            "IN_PROGRESS sessions flagged stalled (no activity for STALL_AFTER)",
+            registry=r,
+        )
         self.heartbeat_pings = Counter(p + "heartbeat_pings", "Pings sent", registry=r)
         self.store_write_duration = Histogram(
             p + "store_write_duration_seconds",
@@ -231,3 +285,66 @@ class Metrics:
             self.listing_anomalies.labels(kind)
         for outcome in DELETION_CHECK_OUTCOMES:
             self.deletion_checks.labels(outcome)
+        for request in REQUEST_KINDS:
+            self.upstream_requests.labels(request)
+        for listing in LISTING_KINDS:
+            self.listings.labels(listing)
+        for outcome in ACTIVITY_READ_OUTCOMES:
+            self.activity_reads.labels(outcome)
+
+
+LEASE_OUTCOMES: Final = ("gained", "lost", "released")
+RESYNC_REASONS: Final = ("epoch_changed", "gap", "rolled_back")
+REDIS_OPERATIONS: Final = ("read", "publish", "history", "lease", "refresh", "report")
+
+
+class ClusterMetrics:
+    """What a cluster member (REDIS_URL) exports besides the service's own metrics."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        p = "control_room_cluster_"
+        self.leader = Gauge(p + "leader", "1 while this node holds the lease and polls", registry=r)
+        self.fence = Gauge(
+            p + "fence",
+            "Fencing number of the current leader, as this node last saw it",
+            registry=r,
+        )
+        self.lease_changes = Counter(
+            p + "lease_changes",
+            "This node's lease gained, lost or released",
+            ["outcome"],
+            registry=r,
+        )
+        self.lag_events = Gauge(
+            p + "stream_lag_events",
+            "Sessions deltas published to the shared stream and not yet delivered on this node",
+            registry=r,
+        )
+        self.stream_delay = Histogram(
+            p + "stream_delay_seconds",
+            "From a batch's publish in Redis (Redis clock) to its delivery on this node",
+            buckets=FAST_BUCKETS,
+            registry=r,
+        )
+        self.publish_duration = Histogram(
+            p + "publish_duration_seconds",
+            "Leader: from the publish script's call to the batch's delivery on this node",
+            buckets=FAST_BUCKETS,
+            registry=r,
+        )
+        self.resyncs = Counter(
+            p + "resyncs",
+            "Times this node reloaded the shared state because history changed under it",
+            ["reason"],
+            registry=r,
+        )
+        self.redis_errors = Counter(
+            p + "redis_errors", "Redis calls that failed, by operation", ["operation"], registry=r
+        )
+        for outcome in LEASE_OUTCOMES:
+            self.lease_changes.labels(outcome)
+        for reason in RESYNC_REASONS:
+            self.resyncs.labels(reason)
+        for operation in REDIS_OPERATIONS:
+            self.redis_errors.labels(operation)

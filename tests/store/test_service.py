@@ -248,3 +248,26 @@ async def test_serve_refuses_a_schema_newer_than_it_knows(
     assert lines[0].startswith(
         f"control-room: store error: database schema version {newer} is newer"
     )
+
+
+async def test_activities_held_back_by_a_store_outage_are_announced_once_it_recovers(
+    backend: Backend, make_service: ServiceFactory, sim: Simulator, http: aiohttp.ClientSession
+) -> None:
+    sim.activities_not_found_for = 0
+    done = sim.create(state="COMPLETED")["id"]
+    service = await make_service(**backend.service_settings())
+    ws = await connect(http, service, "?activities=1")
+    async with backend.unavailable():
+        sim.send_message(done, "Also add a changelog entry")
+        await poll(service)  # read, but the store refused the batch: nothing published
+        await nothing_more(ws)
+    await poll(service)
+    delta, activity = await receive_n(ws, 2)
+    assert (delta["type"], delta["after"]["state"]) == ("updated", "IN_PROGRESS")
+    assert (activity["type"], activity["seq"]) == ("activity", 1)
+    assert activity["activity"]["message"] == "Also add a changelog entry"
+    await poll(service)
+    await nothing_more(ws)  # read again after the outage, announced once
+    await service.stop()
+    again = await make_service(**backend.service_settings())
+    assert again.broker.position.activities_seq == 1  # the activities channel persisted
