@@ -40,6 +40,7 @@ from control_room.auth import APP_PROTOCOL, BEARER_PREFIX, MSGPACK_PROTOCOL
 from control_room.backoff import backoff_delay, parse_retry_after
 from control_room.jules.actions import Source
 from control_room.messages import (
+    ActivityDetail,
     ActivityMessage,
     ActivityPage,
     ApprovePlan,
@@ -594,6 +595,15 @@ class ControlRoomClient:
         return ActivityPage(
             sessionId=first.sessionId, activities=activities, activitiesSeq=first.activitiesSeq
         )
+
+    async def activity(self, session_id: str, activity_id: str) -> ActivityDetail:
+        """One activity with its whole patches (`GET .../activities/{activityId}`):
+        `activity`, and `patches` [{source, unidiffPatch, baseCommitId,
+        suggestedCommitMessage}]. NotFound for an unknown session or activity;
+        UpstreamUnavailable when Jules cannot be read."""
+        path = f"/api/sessions/{_segment(session_id)}/activities/{_segment(activity_id)}"
+        _, body = await self._call("GET", path)
+        return self._decode(body, ActivityDetail, path)
 
     async def sources(self) -> list[Source]:
         """The repositories Jules can work on (`GET /api/sources`), for `create_session`."""

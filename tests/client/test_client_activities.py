@@ -51,6 +51,7 @@ async def test_activities_are_typed_and_resume_is_exact_on_both_channels(
 ) -> None:
     session = sim.create(state="QUEUED", repo="acme/web-app")
     await poll(service)
+    start = service.broker.position.seq
     async with Stream(service.url, activities=True) as stream:
         await stream.connected()
         sim.set_state(session["id"], "AWAITING_PLAN_APPROVAL")
@@ -62,7 +63,8 @@ async def test_activities_are_typed_and_resume_is_exact_on_both_channels(
         assert plan.activity.plan.steps[0].index == 0
         assert plan.seq == 1 and plan.sessionId == session["id"]
         position = stream.client.position
-        assert position == Position(service.broker.position.epoch, 1, 1)
+        broker = service.broker.position
+        assert position == Position(broker.epoch, broker.seq, 1)
 
         service.hub.close_all()  # the link drops; both channels move meanwhile
         sim.set_state(session["id"], "IN_PROGRESS")
@@ -76,7 +78,8 @@ async def test_activities_are_typed_and_resume_is_exact_on_both_channels(
 
     every = first + rest
     deltas = [e for e in every if isinstance(e, SessionDelta)]
-    assert [d.seq for d in deltas] == list(range(1, len(deltas) + 1))  # none lost, none twice
+    seqs = [d.seq for d in deltas]
+    assert seqs == list(range(start + 1, start + len(deltas) + 1))  # none lost, none twice
     assert other["id"] in {d.sessionId for d in deltas}
     pushed = activities_of(every)
     assert [a.seq for a in pushed] == list(range(1, len(pushed) + 1))
@@ -93,13 +96,13 @@ async def test_a_stored_activities_position_ahead_of_the_server_resets_both(
     await poll(service)
     sim.set_state(session["id"], "AWAITING_PLAN_APPROVAL")
     await poll(service)
-    epoch = service.broker.position.epoch
+    epoch, seq = service.broker.position.epoch, service.broker.position.seq
     options = {"since": 1, "epoch": epoch, "activities": True, "activities_since": 40}
     async with Stream(service.url, **options) as stream:
         reset = await stream.next()
         assert isinstance(reset, Reset) and reset.reason == "ahead_of_server"
-        assert (reset.seq, reset.activitiesSeq) == (1, 1)
-        assert stream.client.position == Position(epoch, 1, 1)
+        assert (reset.seq, reset.activitiesSeq) == (seq, 1)
+        assert stream.client.position == Position(epoch, seq, 1)
 
 
 async def test_subscribe_adds_activities_of_one_session(service: Service, sim: Simulator) -> None:
