@@ -27,6 +27,7 @@ from control_room.messages import (
     BadMessage,
     Command,
     CreateSession,
+    SessionList,
     decode_command,
 )
 from control_room.metrics import Metrics
@@ -169,11 +170,12 @@ class Api:
         if not self._state.ready:
             return not_ready(self._state.health)
         position = self._broker.position  # read together with sessions: no await between
-        body = {
-            "sessions": list(self._state.sessions.values()),
-            "seq": position.seq,
-            "epoch": position.epoch,
-        }
+        body = SessionList(
+            sessions=list(self._state.sessions.values()),
+            seq=position.seq,
+            epoch=position.epoch,
+            activitiesSeq=position.activities_seq,
+        )
         return json_bytes(encode(body))
 
     async def session(self, request: web.Request) -> web.StreamResponse:

@@ -20,6 +20,8 @@ CLOSE_REASONS: Final = (
     "shutdown",
     "error",
     "command_flood",
+    "resync",
+    "history_unavailable",
     "connection_reset",
     "protocol_error",
     "token_revoked",

@@ -14,7 +14,15 @@ import pytest
 from control_room.app import Service
 from control_room.jules.simulator import Simulator
 from control_room.store import common
-from tests.conftest import API_KEY, TOKEN, ServiceFactory, connect, nothing_more, receive_n
+from tests.conftest import (
+    API_KEY,
+    TOKEN,
+    ServiceFactory,
+    connect,
+    nothing_more,
+    receive_json,
+    receive_n,
+)
 from tests.store.conftest import Backend
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -213,6 +221,25 @@ async def test_old_history_answers_503_while_the_database_is_down(
         recent = await get_json(http, service, "/api/deltas?since=2")  # memory still answers
         assert [d["seq"] for d in recent["deltas"]] == [3]
     assert len((await get_json(http, service, "/api/deltas?since=0"))["deltas"]) == 3
+
+
+async def test_a_resume_needing_the_unreachable_store_is_asked_to_retry_not_reset(
+    backend: Backend, make_service: ServiceFactory, sim: Simulator, http: aiohttp.ClientSession
+) -> None:
+    if backend.name == "sqlite":
+        pytest.skip("a SQLite write lock does not stop WAL readers: history stays readable")
+    service = await make_service(history_size=1, **backend.service_settings())
+    for _ in range(3):
+        sim.create()
+    await poll(service)
+    epoch = service.broker.position.epoch
+    async with backend.unavailable():
+        ws = await connect(http, service, f"?since=0&epoch={epoch}")
+        closed = await ws.receive()
+        assert (closed.type, closed.data) == (aiohttp.WSMsgType.CLOSE, 1013)  # try again later
+    assert service.metrics.connections_closed.labels("history_unavailable")._value.get() == 1
+    ws = await connect(http, service, f"?since=0&epoch={epoch}")  # the store is back
+    assert [(await receive_json(ws))["seq"] for _ in range(3)] == [1, 2, 3]
 
 
 async def test_serve_refuses_a_schema_newer_than_it_knows(
