@@ -408,7 +408,9 @@ class Api:
             response.headers["Retry-After"] = str(RETRY_STORE_S)
             return response
         # Payloads are already JSON: splice them instead of decoding and encoding again.
-        head = encode({"epoch": position.epoch, "seq": position.seq})[:-1]
+        head = encode(
+            {"epoch": position.epoch, "seq": position.seq, "activitiesSeq": position.activities_seq}
+        )[:-1]
         body = head + b',"deltas":[' + b",".join(e.payload for e in entries) + b"]}"
         return json_bytes(body)
 

@@ -10,6 +10,7 @@ import aiohttp
 import pytest
 
 from control_room.app import Service
+from control_room.commands import Commands
 from control_room.jules.simulator import Simulator
 from control_room.ws import handler
 from tests.conftest import MS, TOKEN, connect, nothing_more, receive_json
@@ -205,3 +206,24 @@ async def test_me_says_whether_the_token_may_send_commands(
         body = await resp.json()
     assert body == {"readOnly": True, "commands": True}
     assert "viewer" not in str(body)
+
+
+async def test_a_bug_in_a_command_still_answers_internal_and_the_connection_stays(
+    http: aiohttp.ClientSession,
+    service: Service,
+    sim: Simulator,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert service.poller is not None
+
+    async def broken(*args: object) -> None:
+        raise RuntimeError("a bug in a command")
+
+    monkeypatch.setattr(Commands, "run", broken)
+    ws = await connect(http, service)
+    await ws.send_json({"type": "approvePlan", "id": "b", "sessionId": "1"})
+    result, _ = await until_result(ws, "b")
+    assert (result["ok"], result["error"]["code"]) == (False, "internal")
+    created = sim.create()
+    await service.poller.poll_once()
+    assert (await receive_json(ws))["sessionId"] == created["id"]

@@ -297,7 +297,12 @@ class WebSocketEndpoint:
         caller = state.caller
 
         async def run() -> None:
-            self._answer(conn, await commands.run(caller, command))
+            try:
+                result = await commands.run(caller, command)
+            except Exception:  # a bug: the client still gets its answer, the log the why
+                log.exception("Command failed", extra={"clientId": conn.id, "id": command.id})
+                result = error_result(command.id, "internal", "the service failed; see its log")
+            self._answer(conn, result)
 
         task = asyncio.create_task(run(), name=f"command-{conn.id}")
         state.tasks.add(task)
