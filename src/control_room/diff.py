@@ -27,7 +27,9 @@ def diff(
     touched: list[Change] = []
     ids = current.keys() if candidates is None else candidates
     for sid in ids:
-        after = current[sid]
+        after = current.get(sid)
+        if after is None:
+            continue  # a candidate that is gone (a command's re-read): deleted above
         before = previous.get(sid)
         if before is None:
             touched.append(Change("created", sid, None, after))

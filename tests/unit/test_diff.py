@@ -69,3 +69,10 @@ def test_candidates_give_the_same_changes_as_a_full_scan(
     shared = {k: (a[k] if k in a and a[k] == v else v) for k, v in b.items()}
     candidates = [k for k, v in shared.items() if v is not a.get(k)]
     assert diff(a, shared, candidates) == diff(a, shared)
+
+
+def test_a_candidate_that_is_gone_is_a_deletion() -> None:
+    """A command's re-read names the session it archived or deleted as the candidate."""
+    before = {"a": session("a"), "b": session("b")}
+    changes = diff(before, {"b": before["b"]}, ["a"])
+    assert [(c.type, c.sessionId) for c in changes] == [("deleted", "a")]
