@@ -45,7 +45,11 @@ export function planSteps(plan, limit = Infinity) {
   const steps = [...(plan?.steps ?? [])].sort((a, b) => (a.index ?? 0) - (b.index ?? 0));
   const list = el('ol', { class: 'plan-steps', 'data-testid': 'plan-steps' });
   for (const step of steps.slice(0, limit)) {
-    const item = el('li', { 'data-testid': 'plan-step' }, el('span', { class: 'step-title', text: step.title || '' }));
+    const item = el(
+      'li',
+      { 'data-testid': 'plan-step' },
+      el('span', { class: 'step-title', text: step.title || '' }),
+    );
     if (step.description && limit === Infinity) {
       item.append(el('span', { class: 'step-description', text: step.description }));
     }
@@ -68,7 +72,10 @@ export function activityItem(activity, { loadPatch }) {
   time.title = absoluteTime(ms);
   const item = el(
     'li',
-    { class: `tl-item kind-${kind} by-${activity.originator || 'agent'}`, 'data-testid': 'activity' },
+    {
+      class: `tl-item kind-${kind} by-${activity.originator || 'agent'}`,
+      'data-testid': 'activity',
+    },
     el(
       'div',
       { class: 'tl-head' },
@@ -111,7 +118,10 @@ function artifactBlock(activity, artifact, loadPatch) {
   if (artifact.bashOutput) return bashBlock(artifact.bashOutput);
   if (artifact.media) {
     const { mimeType, size } = artifact.media;
-    return el('p', { class: 'tl-media', text: `Media: ${mimeType || 'unknown type'}, ${formatBytes(size)}` });
+    return el('p', {
+      class: 'tl-media',
+      text: `Media: ${mimeType || 'unknown type'}, ${formatBytes(size)}`,
+    });
   }
   return null;
 }
@@ -143,7 +153,13 @@ function changeSetBlock(activity, changeSet, loadPatch) {
         'ul',
         { class: 'files' },
         ...files.map((f) =>
-          el('li', { 'data-testid': 'changed-file' }, el('code', { text: f.path }), ' ', ...counts(f.added, f.removed)),
+          el(
+            'li',
+            { 'data-testid': 'changed-file' },
+            el('code', { text: f.path }),
+            ' ',
+            ...counts(f.added, f.removed),
+          ),
         ),
       ),
     );
@@ -151,7 +167,12 @@ function changeSetBlock(activity, changeSet, loadPatch) {
   if (changeSet.commitMessage) {
     block.append(el('p', { class: 'commit', text: changeSet.commitMessage }));
   }
-  const button = el('button', { type: 'button', class: 'button small', text: 'View patch', 'data-testid': 'view-patch' });
+  const button = el('button', {
+    type: 'button',
+    class: 'button small',
+    text: 'View patch',
+    'data-testid': 'view-patch',
+  });
   const status = el('p', { class: 'patch-status', role: 'status' });
   const view = el('div', { class: 'patch', 'data-testid': 'patch' });
   view.hidden = true;
@@ -167,7 +188,10 @@ function changeSetBlock(activity, changeSet, loadPatch) {
     const answer = await loadPatch(activity);
     button.disabled = false;
     if (!answer.ok) {
-      setText(status, `Could not load the patch: ${answer.message || answer.code}. Click to try again.`);
+      setText(
+        status,
+        `Could not load the patch: ${answer.message || answer.code}. Click to try again.`,
+      );
       status.classList.add('error');
       return;
     }
@@ -191,7 +215,11 @@ function patchBlock(patch) {
   const shown = lines.slice(0, PATCH_LINES_SHOWN);
   for (const line of shown) {
     let kind = 'context';
-    if (line.startsWith('+++') || line.startsWith('---') || /^(diff|index|new file|deleted file|similarity|rename) /.test(line)) {
+    if (
+      line.startsWith('+++') ||
+      line.startsWith('---') ||
+      /^(diff|index|new file|deleted file|similarity|rename) /.test(line)
+    ) {
       kind = 'meta';
     } else if (line.startsWith('@@')) kind = 'hunk';
     else if (line.startsWith('+')) kind = 'add';
@@ -204,7 +232,12 @@ function patchBlock(patch) {
   }
   block.append(pre);
   if (lines.length > shown.length) {
-    block.append(el('p', { class: 'muted', text: `${(lines.length - shown.length).toLocaleString()} more lines not shown.` }));
+    block.append(
+      el('p', {
+        class: 'muted',
+        text: `${(lines.length - shown.length).toLocaleString()} more lines not shown.`,
+      }),
+    );
   }
   return block;
 }
@@ -215,11 +248,14 @@ function bashBlock(bash) {
     'summary',
     {},
     el('code', { text: `$ ${bash.command || ''}` }),
-    exit === null ? '' : el('span', { class: exit === 0 ? 'exit ok' : 'exit failed', text: ` exit ${exit}` }),
+    exit === null
+      ? ''
+      : el('span', { class: exit === 0 ? 'exit ok' : 'exit failed', text: ` exit ${exit}` }),
   );
   const details = el('details', { class: 'bash' }, summary);
   const output = el('pre', { class: 'bash-output', text: bash.output || '(no output)' });
   details.append(output);
-  if (bash.truncated) details.append(el('p', { class: 'muted', text: 'Only the end of the output is kept.' }));
+  if (bash.truncated)
+    details.append(el('p', { class: 'muted', text: 'Only the end of the output is kept.' }));
   return details;
 }

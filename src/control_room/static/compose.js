@@ -69,7 +69,9 @@ export class Compose {
       el('option', { value: '', text: 'No repository' }),
       ...sources.map((s) => el('option', { value: s.repository, text: s.repository })),
     );
-    select.value = sources.some((s) => s.repository === chosen) ? chosen : sources[0]?.repository ?? '';
+    select.value = sources.some((s) => s.repository === chosen)
+      ? chosen
+      : (sources[0]?.repository ?? '');
     this.#fillBranches();
   }
 

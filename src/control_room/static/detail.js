@@ -164,10 +164,13 @@ export class SessionDetail {
     if (session?.stalledSince) setText(stall, stallText(session.stalledSince, Date.now()));
 
     const links = [];
-    if (shown?.url) links.push(externalLink(shown.url, 'Open in Jules ↗', 'This session on jules.google.com'));
+    if (shown?.url)
+      links.push(externalLink(shown.url, 'Open in Jules ↗', 'This session on jules.google.com'));
     if (shown?.pullRequest?.url) {
       const pr = shown.pullRequest;
-      links.push(externalLink(pr.url, `Pull request ${pullRequestLabel(pr.url)} ↗`, pr.title || pr.url));
+      links.push(
+        externalLink(pr.url, `Pull request ${pullRequestLabel(pr.url)} ↗`, pr.title || pr.url),
+      );
     }
     $('detail-links').replaceChildren(...links);
     const created = parseTime(shown?.createdAt);
@@ -222,7 +225,8 @@ export class SessionDetail {
     block.hidden = !asking;
     setText(
       $('question-text'),
-      question?.message ?? (timeline?.loading ? 'Loading the question…' : 'Jules is waiting for your answer.'),
+      question?.message ??
+        (timeline?.loading ? 'Loading the question…' : 'Jules is waiting for your answer.'),
     );
   }
 
@@ -272,7 +276,8 @@ export class SessionDetail {
       setText(drawn.time, relativeTime(drawn.ms, now));
     }
     const session = this.#sessions.session(this.#id);
-    if (session?.stalledSince) setText(this.#$('detail-stalled'), stallText(session.stalledSince, now));
+    if (session?.stalledSince)
+      setText(this.#$('detail-stalled'), stallText(session.stalledSince, now));
   }
 
   #focusFirst(session) {

@@ -69,8 +69,7 @@ export function parseTime(stamp) {
   if (!match) return NaN;
   const [, year, month, day, hour, minute, second, fraction = '', , sign, offH = 0, offM = 0] =
     match;
-  const inRange =
-    month >= 1 && month <= 12 && day >= 1 && day <= 31 && hour <= 23 && minute <= 59;
+  const inRange = month >= 1 && month <= 12 && day >= 1 && day <= 31 && hour <= 23 && minute <= 59;
   if (!inRange || second > 60 || offH > 23 || offM > 59) return NaN;
   const ms = Number(fraction.slice(0, 3).padEnd(3, '0'));
   const utc = Date.UTC(+year, month - 1, +day, +hour, +minute, +second, ms);

@@ -135,7 +135,8 @@ export class NeedsYou {
     this.#dirty.clear();
     // The longest waiting first: it has been blocked the longest.
     const order = [...this.#needing.values()].sort(
-      (a, b) => (parseTime(a.updatedAt) || 0) - (parseTime(b.updatedAt) || 0) || (a.id < b.id ? -1 : 1),
+      (a, b) =>
+        (parseTime(a.updatedAt) || 0) - (parseTime(b.updatedAt) || 0) || (a.id < b.id ? -1 : 1),
     );
     const now = Date.now();
     let cursor = this.#list.firstElementChild;
@@ -159,7 +160,11 @@ export class NeedsYou {
     const badge = el('span', { class: 'badge' });
     const repo = el('span', { class: 'need-repo' });
     const wait = el('span', { class: 'need-wait' });
-    const title = el('a', { class: 'need-title', href: sessionHref(id), 'data-testid': 'needs-title' });
+    const title = el('a', {
+      class: 'need-title',
+      href: sessionHref(id),
+      'data-testid': 'needs-title',
+    });
     const what = el('div', { class: 'need-what' });
     const actions = el('div', { class: 'need-actions control' });
     const result = el('p', { class: 'need-result', 'data-testid': 'needs-result', role: 'status' });
@@ -186,7 +191,9 @@ export class NeedsYou {
     const [owner, name] = splitRepository(session.repository);
     setText(
       card.repo,
-      [session.repository ? `${owner}${name}` : 'No repository', session.branch].filter(Boolean).join(' · '),
+      [session.repository ? `${owner}${name}` : 'No repository', session.branch]
+        .filter(Boolean)
+        .join(' · '),
     );
     setText(card.title, session.title || `Session ${session.id}`);
 
@@ -194,23 +201,29 @@ export class NeedsYou {
     const kind = session.state === 'AWAITING_PLAN_APPROVAL' ? 'plan' : 'question';
     if (kind === 'plan') {
       const plan = timeline ? latestPlan(timeline.list)?.plan : null;
-      const key = plan ? `plan:${plan.id}` : `plan-wait:${loadingText(timeline)}`;
+      const key = plan ? `plan:${plan.id}` : `plan-wait:${loadingText(timeline, 'plan')}`;
       if (card.whatKey !== key) {
         card.whatKey = key;
         card.what.replaceChildren(
           el('p', { class: 'need-label', text: 'Plan' }),
-          plan ? planSteps(plan, PLAN_STEPS_SHOWN) : el('p', { class: 'muted', text: loadingText(timeline, 'plan') }),
+          plan
+            ? planSteps(plan, PLAN_STEPS_SHOWN)
+            : el('p', { class: 'muted', text: loadingText(timeline, 'plan') }),
         );
       }
     } else {
       const question = timeline ? lastAgentMessage(timeline.list) : null;
-      const key = question ? `q:${question.id}` : `q-wait:${loadingText(timeline)}`;
+      const key = question ? `q:${question.id}` : `q-wait:${loadingText(timeline, 'question')}`;
       if (card.whatKey !== key) {
         card.whatKey = key;
         card.what.replaceChildren(
           el('p', { class: 'need-label', text: 'Jules asks' }),
           question
-            ? el('p', { class: 'bubble clamp', text: question.message, 'data-testid': 'needs-question' })
+            ? el('p', {
+                class: 'bubble clamp',
+                text: question.message,
+                'data-testid': 'needs-question',
+              })
             : el('p', { class: 'muted', text: loadingText(timeline, 'question') }),
         );
       }
@@ -218,7 +231,11 @@ export class NeedsYou {
     card.actions.hidden = !this.#controls;
     if (card.kind !== kind) {
       card.kind = kind;
-      card.actions.replaceChildren(...(kind === 'plan' ? this.#approveActions(card, session.id) : this.#replyActions(card, session.id)));
+      card.actions.replaceChildren(
+        ...(kind === 'plan'
+          ? this.#approveActions(card, session.id)
+          : this.#replyActions(card, session.id)),
+      );
     }
   }
 
@@ -243,7 +260,11 @@ export class NeedsYou {
       if (result.ok) this.#say(card, 'Approved: Jules is starting work.', 'success');
       else this.#say(card, commandError(result.error), 'error');
     });
-    const review = el('a', { class: 'button quiet', href: sessionHref(id), text: 'Review the plan' });
+    const review = el('a', {
+      class: 'button quiet',
+      href: sessionHref(id),
+      text: 'Review the plan',
+    });
     return [approve, review];
   }
 
@@ -255,7 +276,12 @@ export class NeedsYou {
       'data-testid': 'needs-reply',
       'aria-label': 'Your answer to Jules',
     });
-    const send = el('button', { type: 'submit', class: 'button primary', text: 'Send', 'data-testid': 'needs-send' });
+    const send = el('button', {
+      type: 'submit',
+      class: 'button primary',
+      text: 'Send',
+      'data-testid': 'needs-send',
+    });
     const form = el('form', { class: 'need-form' }, text, send);
     form.addEventListener('submit', async (event) => {
       event.preventDefault();
@@ -296,8 +322,11 @@ export class NeedsYou {
   }
 }
 
-function loadingText(timeline, what = '') {
-  if (timeline?.error) return `Could not read the ${what || 'timeline'}: ${timeline.error.message || timeline.error.code}`;
-  if (!timeline || timeline.loading) return `Loading the ${what || 'timeline'}…`;
+/** What a card says while its plan or question is not known: loading, failed, or none. */
+function loadingText(timeline, what) {
+  if (timeline?.error) {
+    return `Could not read the ${what}: ${timeline.error.message || timeline.error.code}`;
+  }
+  if (!timeline || timeline.loading) return `Loading the ${what}…`;
   return what === 'plan' ? 'No plan in the timeline yet.' : 'Jules is waiting for your answer.';
 }

@@ -105,7 +105,8 @@ export class Alerts {
     button.dataset.permission = permission;
     if (permission === 'denied') {
       button.textContent = 'Notifications blocked';
-      button.title = "Notifications are blocked for this site: allow them in the browser's site settings";
+      button.title =
+        "Notifications are blocked for this site: allow them in the browser's site settings";
     } else if (on) {
       button.textContent = 'Notifications on';
       button.title = 'You are notified when a session needs you. Click to stop.';
@@ -124,15 +125,28 @@ export function content(session, timeline, { freshOnly }) {
   const fresh = (activity) => activity && (parseTime(activity.createdAt) >= since || !freshOnly);
   if (session.state === 'AWAITING_PLAN_APPROVAL') {
     const plan = latestPlan(list);
-    if (!fresh(plan)) return freshOnly ? null : { title: `Plan to approve: ${name}`, body: 'Jules has a plan and waits for your approval.' };
+    if (!fresh(plan))
+      return freshOnly
+        ? null
+        : {
+            title: `Plan to approve: ${name}`,
+            body: 'Jules has a plan and waits for your approval.',
+          };
     const steps = [...(plan.plan.steps ?? [])].sort((a, b) => (a.index ?? 0) - (b.index ?? 0));
     const lines = steps.slice(0, PLAN_STEPS_SHOWN).map((step, i) => `${i + 1}. ${step.title}`);
-    if (steps.length > PLAN_STEPS_SHOWN) lines.push(`+${steps.length - PLAN_STEPS_SHOWN} more steps`);
+    if (steps.length > PLAN_STEPS_SHOWN)
+      lines.push(`+${steps.length - PLAN_STEPS_SHOWN} more steps`);
     return { title: `Plan to approve: ${name}`, body: lines.join('\n') };
   }
   const question = lastAgentMessage(list);
-  if (!fresh(question)) return freshOnly ? null : { title: `Jules asks: ${name}`, body: 'Jules waits for your answer.' };
-  const text = question.message.length > QUESTION_CHARS_MAX ? `${question.message.slice(0, QUESTION_CHARS_MAX - 1)}…` : question.message;
+  if (!fresh(question))
+    return freshOnly
+      ? null
+      : { title: `Jules asks: ${name}`, body: 'Jules waits for your answer.' };
+  const text =
+    question.message.length > QUESTION_CHARS_MAX
+      ? `${question.message.slice(0, QUESTION_CHARS_MAX - 1)}…`
+      : question.message;
   return { title: `Jules asks: ${name}`, body: text };
 }
 

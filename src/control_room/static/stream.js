@@ -137,7 +137,10 @@ export class Stream {
       return Promise.resolve(localError(id, 'not_connected'));
     }
     return new Promise((resolve) => {
-      const timer = setTimeout(() => this.#settle(id, localError(id, 'timeout')), COMMAND_TIMEOUT_MS);
+      const timer = setTimeout(
+        () => this.#settle(id, localError(id, 'timeout')),
+        COMMAND_TIMEOUT_MS,
+      );
       this.#pending.set(id, { resolve, timer });
       try {
         ws.send(JSON.stringify({ ...command, id }));
@@ -277,7 +280,9 @@ export class Stream {
         const lost = this.#synced;
         this.#synced = true;
         this.#position = { epoch: message.epoch, seq: message.seq };
-        this.#activitiesSeq = Number.isInteger(message.activitiesSeq) ? message.activitiesSeq : null;
+        this.#activitiesSeq = Number.isInteger(message.activitiesSeq)
+          ? message.activitiesSeq
+          : null;
         this.#handlers.onSnapshot(message.sessions ?? [], this.position);
         if (lost) this.#handlers.onActivitiesLost?.();
         this.#live();
