@@ -7,23 +7,28 @@ from __future__ import annotations
 
 from typing import Any
 
+import re
+import time
+
 import pytest
 from playwright.async_api import Browser, Locator, Page, expect
 
 from control_room.app import Service
-from control_room.jules.simulator import Simulator
+from control_room.jules.simulator import Simulator, SimulatorServer
 from control_room.jules.simulator.errors import SessionNotFound
 from tests.browser.conftest import ARTIFACTS, LOOP, module_loop, new_context
 from tests.browser.test_dashboard import (
     CHANGE_TIMEOUT_MS,
     LIVE_TIMEOUT_MS,
+    MINUTE,
     SCALE,
+    HandClock,
     cell,
     open_dashboard,
     poll,
     row,
 )
-from tests.conftest import TOKEN, ServiceFactory
+from tests.conftest import API_KEY, TOKEN, ServiceFactory, settings
 
 pytestmark = [pytest.mark.browser, LOOP]
 
@@ -313,8 +318,10 @@ async def test_a_read_only_token_sees_no_controls(
     await expect(page.get_by_test_id("new-session")).to_be_hidden()
     for sid in (plan, done):
         drawer = await open_detail(page, sid)
-        await expect(drawer.locator("button:visible")).to_have_count(1)  # only "close"
-        await expect(drawer.get_by_test_id("reply-text")).to_be_hidden()
+        await expect(drawer.get_by_test_id("timeline").first).to_be_visible()
+        await expect(drawer.locator(".control:visible")).to_have_count(0)
+        for control in ("approve", "reply-text", "send", "archive", "delete"):
+            await expect(drawer.get_by_test_id(control)).to_be_hidden()
         await page.keyboard.press("Escape")
     # The service would refuse anyway: the controls are hidden, not merely disabled.
     answer = await page.evaluate(
@@ -445,3 +452,32 @@ async def test_phone_width(page: Page, sim: Simulator, room: Service) -> None:
     box = await drawer.bounding_box()
     assert box is not None and box["x"] >= 0 and box["width"] <= 400
     await screenshot(page, "dashboard-phone-detail.png")
+
+
+async def test_a_stalled_session_is_flagged_until_it_moves_again(page: Page) -> None:
+    """IN_PROGRESS with no activity for longer than STALL_AFTER (15 min): flagged, with for how
+    long; a new activity clears the flag."""
+    clock = HandClock(time.time() - 23 * MINUTE)
+    sim = Simulator(seed=5, clock=clock)
+    sid = sim.create(repo="globex/infra", title="Bump dependencies", state="IN_PROGRESS")["id"]
+    clock.now = time.time()
+    async with SimulatorServer(sim, API_KEY) as upstream:
+        service = Service(settings(jules_api_base=upstream.base_url))
+        await service.start()
+        try:
+            await poll(service)
+            await open_dashboard(page, service)
+            flag = cell(page, sid, "state").get_by_test_id("stalled")
+            await expect(flag).to_have_text(re.compile(r"^no activity for 2[34] min$"))
+            drawer = await open_detail(page, sid)
+            await expect(drawer.get_by_test_id("detail-stalled")).to_have_text(
+                re.compile(r"^no activity for 2[34] min$")
+            )
+
+            clock.now = time.time()
+            sim.set_state(sid, "IN_PROGRESS")  # the agent reports progress again
+            await poll(service)
+            await expect(flag).to_have_count(0, timeout=CHANGE_TIMEOUT_MS)
+            await expect(drawer.get_by_test_id("detail-stalled")).to_be_hidden()
+        finally:
+            await service.stop()
