@@ -5,10 +5,9 @@ creating, archiving and deleting sessions, read-only tokens, notifications, deep
 
 from __future__ import annotations
 
-from typing import Any
-
 import re
 import time
+from typing import Any
 
 import pytest
 from playwright.async_api import Browser, Locator, Page, expect
