@@ -198,7 +198,8 @@ function changeSetBlock(activity, changeSet, loadPatch) {
     status.classList.remove('error');
     const patches = answer.body.patches ?? [];
     setText(status, patches.length ? '' : 'Jules sent no patch for this change.');
-    view.replaceChildren(...patches.map(patchBlock));
+    // The change set's own commit message is shown above already: not again per patch.
+    view.replaceChildren(...patches.map((patch) => patchBlock(patch, changeSet.commitMessage)));
     loaded = true;
     view.hidden = false;
     button.textContent = 'Hide patch';
@@ -208,7 +209,7 @@ function changeSetBlock(activity, changeSet, loadPatch) {
 }
 
 /** One unified diff, line by line, so additions and removals can be told apart. */
-function patchBlock(patch) {
+function patchBlock(patch, shownMessage) {
   const lines = String(patch.unidiffPatch || '').split('\n');
   if (lines.at(-1) === '') lines.pop();
   const pre = el('pre', { class: 'diff' });
@@ -227,7 +228,7 @@ function patchBlock(patch) {
     pre.append(el('span', { class: `line ${kind}`, text: `${line}\n` }));
   }
   const block = el('div', { class: 'patch-file' });
-  if (patch.suggestedCommitMessage) {
+  if (patch.suggestedCommitMessage && patch.suggestedCommitMessage !== shownMessage) {
     block.append(el('p', { class: 'commit', text: patch.suggestedCommitMessage }));
   }
   block.append(pre);

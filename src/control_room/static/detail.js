@@ -201,6 +201,9 @@ export class SessionDetail {
     const reply = $('detail-reply');
     reply.hidden = !controls || st === 'FAILED';
     reply.classList.toggle('prominent', asking);
+    // Under the question while Jules asks one; otherwise after the timeline, as in a chat.
+    const place = asking ? $('detail-question') : $('detail-timeline');
+    if (reply.previousElementSibling !== place) place.after(reply);
     setText($('reply-label'), asking ? 'Your answer' : 'Message Jules');
     $('reply-text').placeholder = asking
       ? 'Answer the question above…'

@@ -33,6 +33,7 @@ export class NeedsYou {
   #alerts;
   #baseTitle;
   #needing = new Map(); // id -> session, for sessions that need you now
+  #watching = new Set(); // ids whose timelines are kept whole for their cards
   #cards = new Map(); // id -> card parts
   #dirty = new Set();
   #frame = 0;
@@ -81,14 +82,15 @@ export class NeedsYou {
     const needs = Boolean(session && needsAttention(session.state));
     if (needs) {
       this.#needing.set(id, session);
-      if (!before) this.#timelines.watch(id);
-      // Entering, or asking for something else (a question after a plan): that is news.
+      // Entering, or asking for something else (a question after a plan): that is news,
+      // told with the plan or the question, so its timeline is read now.
       if (!quiet && (!before || before.state !== session.state)) {
+        this.#watch(id);
         this.#alerts.needsYou(session, this.#timelines.get(id));
       }
     } else if (before) {
       this.#needing.delete(id);
-      this.#timelines.unwatch(id);
+      this.#unwatch(id);
       this.#alerts.cancel(id);
     }
     if (needs || before) this.#mark(id);
@@ -100,6 +102,18 @@ export class NeedsYou {
     this.#controls = enabled;
     for (const id of this.#cards.keys()) this.#dirty.add(id);
     this.#mark(null);
+  }
+
+  // Timelines are read for the cards on show (and for news), not for every session that
+  // waits: a board with 50 waiting sessions does not make 50 reads of Jules at load.
+  #watch(id) {
+    if (this.#watching.has(id)) return;
+    this.#watching.add(id);
+    this.#timelines.watch(id);
+  }
+
+  #unwatch(id) {
+    if (this.#watching.delete(id)) this.#timelines.unwatch(id);
   }
 
   #title() {
@@ -143,6 +157,7 @@ export class NeedsYou {
     order.forEach((session, index) => {
       const card = this.#cards.get(session.id);
       card.li.hidden = !this.#expanded && index >= CARDS_SHOWN;
+      if (!card.li.hidden) this.#watch(session.id);
       setText(card.wait, `waiting ${duration(now - parseTime(session.updatedAt)) || 'a moment'}`);
       if (card.li === cursor) cursor = cursor.nextElementSibling;
       else this.#list.insertBefore(card.li, cursor);

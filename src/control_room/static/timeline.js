@@ -92,7 +92,7 @@ export class Timelines {
   /** Keep this session's timeline whole (read it now if needed) until `unwatch`. */
   watch(sessionId) {
     this.#watched.set(sessionId, (this.#watched.get(sessionId) ?? 0) + 1);
-    this.ensure(sessionId);
+    this.ensure(sessionId, { retry: true }); // a new reader tries again after a failure
   }
 
   unwatch(sessionId) {
