@@ -367,7 +367,7 @@ async def test_notifications_are_asked_for_on_a_click_and_tell_what_is_needed(
     await expect(notify).to_have_text("Notify me")
     assert await page.evaluate("window.notificationLog.asked") == 0
     await notify.click()
-    await page.wait_for_function("window.notificationLog.asked === 1")
+    await page.wait_for_function("() => window.notificationLog.asked === 1")
     await expect(notify).not_to_have_attribute("aria-pressed", "true")
     await context.close()
 
@@ -406,7 +406,7 @@ async def notify_on(page: Page) -> None:
 async def wait_for_notification(page: Page) -> list[dict[str, Any]]:
     """The notifications shown, once there is one."""
     await page.wait_for_function(
-        "window.notificationLog.shown.length > 0", timeout=COMMAND_TIMEOUT_MS
+        "() => window.notificationLog.shown.length > 0", timeout=COMMAND_TIMEOUT_MS
     )
     shown: list[dict[str, Any]] = await page.evaluate("window.notificationLog.shown")
     return shown
