@@ -142,8 +142,10 @@ function setControls(enabled, readOnly) {
 async function loadMe() {
   if (me !== null || meLoading) return;
   meLoading = true;
+  const token = api.token;
   const answer = await api.me();
   meLoading = false;
+  if (token !== api.token) return loadMe(); // the token changed meanwhile: ask for the new one
   if (!answer.ok) return; // asked again with the next snapshot
   me = answer.body;
   setControls(me.commands !== false && !me.readOnly, Boolean(me.readOnly));
