@@ -87,22 +87,10 @@ def _json_form(entry: Entry, form: str) -> bytes:
         return found
     delta = _delta_decoder.decode(entry.payload)
     message: SessionDelta | PatchDelta
-    if form == "created":
-        message = SessionDelta(
-            type="created",
-            sessionId=delta.sessionId,
-            after=delta.after,
-            timestamp=delta.timestamp,
-            seq=delta.seq,
-        )
-    elif form == "deleted":
-        message = SessionDelta(
-            type="deleted",
-            sessionId=delta.sessionId,
-            before=delta.before,
-            timestamp=delta.timestamp,
-            seq=delta.seq,
-        )
+    if form == "created":  # entering a view: what it is now, nothing of before
+        message = msgspec.structs.replace(delta, type="created", before=None)
+    elif form == "deleted":  # leaving it: what it was, nothing after
+        message = msgspec.structs.replace(delta, type="deleted", after=None)
     else:
         message = PatchDelta(
             sessionId=delta.sessionId,
