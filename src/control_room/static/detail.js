@@ -40,6 +40,7 @@ export class SessionDetail {
   #frame = 0;
   #dirty = { head: false, timeline: false };
   #busy = ''; // the command in flight: approve, send, archive, delete
+  #resultState = ''; // the session's state when the last result was said
   #controls = false;
   #clock = 0;
   #$;
@@ -191,6 +192,12 @@ export class SessionDetail {
 
     // What Jules waits for, for everyone; the controls only for tokens that may act.
     const st = session?.state;
+    // "Plan approved" is news until the session moves on; then the timeline tells more.
+    const line = $('detail-result');
+    if (line.dataset.tone === 'success' && st && st !== this.#resultState) {
+      setText(line, '');
+      line.hidden = true;
+    }
     const controls = this.#controls && Boolean(session);
     const awaitingPlan = st === 'AWAITING_PLAN_APPROVAL';
     const asking = st === 'AWAITING_USER_FEEDBACK';
@@ -291,6 +298,7 @@ export class SessionDetail {
 
   #result(text, tone) {
     const line = this.#$('detail-result');
+    this.#resultState = this.#sessions.session(this.#id)?.state ?? '';
     setText(line, text);
     line.dataset.tone = tone;
     line.hidden = !text;
