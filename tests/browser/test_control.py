@@ -359,9 +359,11 @@ async def test_notifications_are_asked_for_on_a_click_and_tell_what_is_needed(
     await poll(room)
 
     # Never asked on load; asked once the button is clicked (here the answer is no).
+    errors: list[str] = []
     context = await new_context(browser)
     await context.add_init_script(SPY_ON_NOTIFICATIONS)
     page = await context.new_page()
+    page.on("pageerror", lambda error: errors.append(str(error)))
     await open_dashboard(page, room)
     notify = page.get_by_test_id("notify")
     await expect(notify).to_have_text("Notify me")
@@ -376,6 +378,7 @@ async def test_notifications_are_asked_for_on_a_click_and_tell_what_is_needed(
     await context.grant_permissions(["notifications"])
     await context.add_init_script(SPY_ON_NOTIFICATIONS)
     page = await context.new_page()
+    page.on("pageerror", lambda error: errors.append(str(error)))
     await open_dashboard(page, room)
     await notify_on(page)
     sim.set_state(later, "AWAITING_PLAN_APPROVAL")
@@ -393,6 +396,7 @@ async def test_notifications_are_asked_for_on_a_click_and_tell_what_is_needed(
     ]
     assert await page.evaluate("window.notificationLog.asked") == 0  # granted already
     await context.close()
+    assert not errors, f"uncaught errors in the page: {errors}"
 
 
 async def notify_on(page: Page) -> None:
