@@ -7,6 +7,7 @@ Workloads (all on 127.0.0.1; every loop bounded in count and time):
   idle       RSS per idle authenticated connection, heartbeat running.
   diff       diff + mapping of 10,000 and 50,000 sessions with 1 % changed.
   store      `bench.store_bench` and `bench.replay_bench` (persistence and replay figures).
+  cluster    `bench.cluster_bench`: the Redis hop, fan-out over two nodes, takeover.
 
 Servers: `control-room` (this project; `bench.broadcast_server` for the broadcast
 workload), `node-ws` (the seed's design in Node `ws`, bench/peers/node-ws) and
@@ -442,7 +443,7 @@ class Suite:
     broadcast_ns: list[int]
     idle_ns: list[int]
     diff_sizes: list[int]
-    store: bool = True
+    texts: tuple[str, ...] = ("store", "replay", "cluster")  # TEXT_BENCHES to run
     upstream_base: str = ""
     upstream_control: str = ""
     notes: list[str] = field(default_factory=list)
@@ -935,7 +936,11 @@ def markdown(report: dict[str, Any]) -> str:
         *diff_table(report["diff"], report["options"]["diff_sizes"]),
         "",
     ]
-    titles = {"store": "Persistence", "replay": "Replay to a resuming client"}
+    titles = {
+        "store": "Persistence",
+        "replay": "Replay to a resuming client",
+        "cluster": "Scale-out",
+    }
     for key, module in TEXT_BENCHES:
         if report.get(key):
             text = report[key].rstrip()
@@ -1080,7 +1085,7 @@ async def run_suite(suite: Suite, command: str) -> dict[str, Any]:
             upstream.kill()
 
     for key, module in TEXT_BENCHES:
-        if suite.store and (ROOT / "bench" / f"{module.rpartition('.')[2]}.py").is_file():
+        if key in suite.texts and (ROOT / "bench" / f"{module.rpartition('.')[2]}.py").is_file():
             await text_bench(report, notes, key, module)
     report["duration_s"] = time.perf_counter() - t0
     return report
@@ -1089,6 +1094,7 @@ async def run_suite(suite: Suite, command: str) -> dict[str, Any]:
 TEXT_BENCHES: Final = (
     ("store", "bench.store_bench"),  # persisting a poll, reading history back (issue 3)
     ("replay", "bench.replay_bench"),  # 10,000 deltas replayed to a resuming client (issue 3)
+    ("cluster", "bench.cluster_bench"),  # Redis hop, fan-out over nodes, takeover (issue 14)
 )
 """Benchmarks that print their own table; their output is copied into the report."""
 
@@ -1137,7 +1143,9 @@ def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a shorter suite (no 5,000/10,000)")
-    parser.add_argument("--only", default="", help="comma list: fanout,broadcast,idle,diff,store")
+    parser.add_argument(
+        "--only", default="", help="comma list: fanout,broadcast,idle,diff,store,cluster"
+    )
     parser.add_argument("--servers", default=",".join(SERVERS), help="comma list of servers")
     parser.add_argument("--profile", action="store_true", help="py-spy the 1,000-client fan-out")
     args = parser.parse_args(argv)
@@ -1157,7 +1165,10 @@ def main(argv: list[str] | None = None) -> int:
         suite.broadcast_ns = suite.broadcast_ns if "broadcast" in wanted else []
         suite.idle_ns = suite.idle_ns if "idle" in wanted else []
         suite.diff_sizes = suite.diff_sizes if "diff" in wanted else []
-        suite.store = "store" in wanted
+        # `store` keeps its old meaning (persistence and replay figures).
+        suite.texts = tuple(
+            k for k in suite.texts if k in wanted or (k == "replay" and "store" in wanted)
+        )
     if "node-ws" in suite.servers and not node_ready(suite.notes):
         suite.servers.remove("node-ws")
     RESULTS.mkdir(parents=True, exist_ok=True)

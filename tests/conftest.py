@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import aiohttp
@@ -18,6 +18,7 @@ from control_room.jules.client import RequestPolicy
 from control_room.jules.simulator import Simulator, SimulatorServer
 from control_room.notifier import RetryTiming
 from tests.fake_upstream import FakeUpstream
+from tests.redis_server import prefixed, shared_redis_url
 
 MS = float(os.environ.get("CONTROL_ROOM_TEST_MS", "1")) / 1000
 """One millisecond of test time; raise CONTROL_ROOM_TEST_MS on a slow machine."""
@@ -153,3 +154,17 @@ async def make_fake_service(fake: FakeUpstream) -> AsyncIterator[ServiceFactory]
     """Start services pointed at the fake upstream; all are stopped at the end of the test."""
     async for make in _services(fake.base_url):
         yield make
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A Redis server for the whole run (tests/redis_server.py says which)."""
+    with shared_redis_url() as url:
+        yield url
+
+
+@pytest.fixture
+async def redis_prefix(redis_url: str) -> AsyncIterator[str]:
+    """A key prefix of this test's own, its keys dropped afterwards."""
+    async with prefixed(redis_url) as prefix:
+        yield prefix

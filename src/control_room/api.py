@@ -1,4 +1,4 @@
-"""REST routes on the service's port: thin reads of the poller, broker, hub and metrics."""
+"""REST routes on the service's port: thin reads of the state, broker, hub and metrics."""
 
 from __future__ import annotations
 
@@ -12,17 +12,17 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from control_room import logging as logs
 from control_room.auth import Principal
-from control_room.broker.base import Broker, HistoryGone
+from control_room.broker.base import Broker, BrokerUnavailable, HistoryGone
 from control_room.commands import Caller, Commands
-from control_room.health import STORE_UNAVAILABLE
+from control_room.health import REDIS_UNAVAILABLE, STORE_UNAVAILABLE
 from control_room.jules.actions import Source
 from control_room.jules.client import UpstreamError
 from control_room.messages import BadMessage, Command, CreateSession, decode_command
 from control_room.metrics import Metrics
 from control_room.models import encode
-from control_room.poller import Poller
 from control_room.responses import json_error, not_ready
 from control_room.server.guard import Guard
+from control_room.state import State
 from control_room.store.base import StoreError
 from control_room.ws.hub import Hub
 from control_room.ws.params import AHEAD_OF_SERVER, BadParameter, parse_seq
@@ -72,7 +72,7 @@ class Api:
         self,
         *,
         guard: Guard,
-        poller: Poller,
+        state: State,
         broker: Broker,
         hub: Hub,
         metrics: Metrics,
@@ -84,7 +84,7 @@ class Api:
         self._commands = commands
         self._sources = sources
         self._guard = guard
-        self._poller = poller
+        self._state = state  # a follower node has no poller: everything reads the state
         self._broker = broker
         self._hub = hub
         self._metrics = metrics
@@ -125,11 +125,11 @@ class Api:
 
     async def sessions(self, request: web.Request) -> web.StreamResponse:
         """The current snapshot and the position it corresponds to."""
-        if not self._poller.ready:
-            return not_ready(self._poller.health)
+        if not self._state.ready:
+            return not_ready(self._state.health)
         position = self._broker.position  # read together with sessions: no await between
         body = {
-            "sessions": list(self._poller.sessions.values()),
+            "sessions": list(self._state.sessions.values()),
             "seq": position.seq,
             "epoch": position.epoch,
         }
@@ -138,7 +138,7 @@ class Api:
     async def session(self, request: web.Request) -> web.StreamResponse:
         """One session by id."""
         sid = request.match_info["id"]
-        found = self._poller.sessions.get(sid)
+        found = self._state.sessions.get(sid)
         if found is None:
             return json_error(404, "not_found", message=f"no session {sid!r}")
         return json_bytes(encode(found))
@@ -247,6 +247,12 @@ class Api:
                 seq=position.seq,
                 message="since is older than the retained history; reload /api/sessions",
             )
+        except BrokerUnavailable:
+            response = json_error(
+                503, "redis_unavailable", message="history is in Redis, which is not answering"
+            )
+            response.headers["Retry-After"] = str(RETRY_STORE_S)
+            return response
         except StoreError as exc:
             # Older history lives only in the store: not gone, just unreachable for now.
             log.warning("History read failed; store unavailable", extra={"error": str(exc)})
@@ -266,7 +272,7 @@ class Api:
         Unauthenticated, so it carries no error text and no host name: those are in the
         logs and in /api/stats.
         """
-        h = self._poller.health
+        h = self._state.health
         now = time.time()
         reasons = h.reasons(now)
         body = {
@@ -291,11 +297,13 @@ class Api:
 
         The 503 names only reasons (no error text): this route needs no token.
         """
-        h = self._poller.health
+        h = self._state.health
         if not h.baseline_done:  # and why not: the upstream's failure, the store's
             return json_error(503, "not_ready", reasons=h.reasons())
         if h.store_error is not None:
             return json_error(503, "not_ready", reasons=[STORE_UNAVAILABLE])
+        if h.broker_error is not None:  # a cluster node cut off from Redis hears of nothing
+            return json_error(503, "not_ready", reasons=[REDIS_UNAVAILABLE])
         return json_bytes(encode({"status": "ready"}))
 
     async def metrics(self, request: web.Request) -> web.StreamResponse:
@@ -306,7 +314,7 @@ class Api:
     async def stats(self, request: web.Request) -> web.StreamResponse:
         """A human-readable view of the service: position, upstream, clients, totals."""
         now = time.time()
-        h = self._poller.health
+        h = self._state.health
         position = self._broker.position
         hub = self._hub
         body: dict[str, object] = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from importlib import resources
 from pathlib import Path
 from typing import Final
@@ -13,15 +14,18 @@ from aiohttp import web
 from control_room import logging as logs
 from control_room.api import Api
 from control_room.auth import Principal, TokenSet
+from control_room.broker.base import Broker
 from control_room.broker.memory import MemoryBroker
+from control_room.broker.redis import RedisBroker
+from control_room.cluster import Cluster
 from control_room.commands import Commands
 from control_room.config import ConfigError, Settings
 from control_room.jules.actions import JulesActions
 from control_room.jules.client import JulesClient, RequestPolicy
-from control_room.metrics import Metrics
-from control_room.models import Snapshot
-from control_room.notifier import Notifier, RetryTiming
-from control_room.poller import Poller, Upstream
+from control_room.metrics import ClusterMetrics, Metrics
+from control_room.models import Position, Snapshot
+from control_room.notifier import Notifier, Outbox, RetryTiming
+from control_room.poller import AfterPersist, BeforePublish, Poller, Upstream
 from control_room.responses import json_error
 from control_room.secret import Reloadable, SecretError, SecretSource, parse_single, reload_all
 from control_room.secret import watch as watch_secrets
@@ -37,7 +41,7 @@ from control_room.server.listener import (
 from control_room.server.origin import OriginPolicy
 from control_room.state import State
 from control_room.store import create_store, prune_forever
-from control_room.store.base import Store
+from control_room.store.base import Loaded, Store
 from control_room.tasks import cancel_and_wait
 from control_room.tokens import Tokens
 from control_room.ws.handler import WebSocketEndpoint
@@ -104,9 +108,23 @@ class Service:
         self.metrics = Metrics()
         # With PERSIST=1 the ring is a cache of recent history; the store holds the rest.
         self.store: Store | None = create_store(settings) if settings.persist else None
-        self.broker = MemoryBroker(
-            settings.history_size, older=self.store.history if self.store is not None else None
-        )
+        older = self.store.history if self.store is not None else None
+        self.broker: Broker
+        self.cluster_metrics: ClusterMetrics | None = None
+        if settings.redis_url:  # a cluster member: the shared stream in Redis is the broker
+            self.cluster_metrics = ClusterMetrics(self.metrics.registry)
+            self.broker = self._redis_broker = RedisBroker(
+                settings.redis_url,
+                settings.redis_prefix,
+                settings.history_size,
+                self.cluster_metrics,
+                older=older,
+                seed=self._seed_from_store,
+            )
+        else:
+            self.broker = self._memory_broker = MemoryBroker(settings.history_size, older=older)
+        self.cluster: Cluster | None = None
+        self._store_loaded: Loaded | None = None
         self.hub = Hub(self.metrics, max_buffer_bytes=settings.max_buffer_bytes)
         # The state first: by the time a client is handed a batch, a snapshot includes it.
         self.state = State()
@@ -159,7 +177,12 @@ class Service:
     async def _start(self) -> None:
         s = self.settings
         # First, before anything can publish: the position and snapshot the store kept.
-        initial = await self._open_store() if self.store is not None else None
+        initial: Snapshot | None = None
+        if self.store is not None and s.redis_url:
+            # The cluster's history is Redis'; the store seeds it if Redis has none yet.
+            self._store_loaded = await self.store.open()
+        elif self.store is not None:
+            initial = await self._open_store()
         upstream = self._upstream
         jules_key: SecretSource[str] | None = None
         if upstream is None:
@@ -169,34 +192,57 @@ class Service:
                 connector=aiohttp.TCPConnector(limit=UPSTREAM_CONNECTIONS)
             )
             upstream = JulesClient(self._http, s.jules_api_base, jules_key, retry=self._retry)
-        notifier = self.notifier = self._notifier()
-        if notifier is not None:
-            await notifier.start()
-        poller = self.poller = Poller(
-            upstream,
-            self.broker,
-            self.metrics,
-            interval=s.poll_interval,
-            persist=self.store.save if self.store is not None else None,
-            notify=notifier.enqueue if notifier is not None else None,
-            initial=initial,
-            state=self.state,
-        )
+
+        def make_poller(
+            initial: Snapshot | None, persist: BeforePublish | None, notify: AfterPersist | None
+        ) -> Poller:
+            return Poller(
+                upstream,
+                self.broker,
+                self.metrics,
+                interval=s.poll_interval,
+                persist=persist,
+                notify=notify,
+                initial=initial,
+                state=self.state,
+            )
+
+        if s.redis_url:
+            cluster = self.cluster = Cluster(
+                self._redis_broker,
+                self.state,
+                self.hub,
+                self.cluster_metrics or ClusterMetrics(self.metrics.registry),
+                node_id=s.node_id or f"{socket.gethostname()}:{s.port or 'auto'}",
+                lease=s.lease,
+                make_poller=make_poller,
+                make_notifier=self._notifier,
+                store=self.store,
+            )
+            refresh, wake = cluster.refresh, cluster.wake
+        else:
+            notifier = self.notifier = self._notifier()
+            if notifier is not None:
+                await notifier.start()
+            persist = self.store.save if self.store is not None else None
+            notify = notifier.enqueue if notifier is not None else None
+            poller = self.poller = make_poller(initial, persist, notify)
+            refresh, wake = poller.refresh, poller.wake
         if jules_key is not None:
-            jules_key.add_listener(lambda _key: poller.wake())  # a rotated key: poll now
+            jules_key.add_listener(lambda _key: wake())  # a rotated key: poll now
         commands: Commands | None = None
         actions: JulesActions | None = None
         if self._http is not None and jules_key is not None:  # tests may inject an upstream
             actions = JulesActions(self._http, s.jules_api_base, jules_key)
-            commands = Commands(actions, poller.refresh, lambda sid: self.state.sessions.get(sid))
+            commands = Commands(actions, refresh, lambda sid: self.state.sessions.get(sid))
         api = Api(
             guard=self.guard,
-            poller=poller,
+            state=self.state,
             broker=self.broker,
             hub=self.hub,
             metrics=self.metrics,
             metrics_public=s.metrics_public,
-            stats_extra=notifier.stats if notifier is not None else None,
+            stats_extra=self._stats_extra,
             commands=commands,
             sources=actions.list_sources if actions is not None else None,
         )
@@ -241,9 +287,15 @@ class Service:
             await web.SockSite(self._runner, sock, backlog=LISTEN_BACKLOG).start()
         self.port = listeners[0].getsockname()[1]
         self._tasks = [
-            asyncio.create_task(poller.run(), name="poller"),
             asyncio.create_task(self.hub.run_heartbeat(s.heartbeat_interval), name="heartbeat"),
         ]
+        if self.cluster is not None:
+            # The node id names the bound port (PORT=0 picks one); then join the cluster.
+            if not s.node_id:
+                self.cluster.node_id = f"{socket.gethostname()}:{self.port}"
+            await self.cluster.start()
+        if self.poller is not None:
+            self._tasks.append(asyncio.create_task(self.poller.run(), name="poller"))
         if self.store is not None:
             self._tasks.append(
                 asyncio.create_task(prune_forever(self.store, s.delta_retention), name="prune")
@@ -273,18 +325,37 @@ class Service:
             self.metrics.token_revocations.inc(len(revoked))
             self.hub.revoke(tokens)
 
+    def _stats_extra(self) -> dict[str, object]:
+        """What /api/stats adds: webhook delivery (where it runs) and the cluster."""
+        extra: dict[str, object] = {}
+        notifier = self.cluster.notifier if self.cluster is not None else self.notifier
+        if notifier is not None:
+            extra.update(notifier.stats())
+        if self.cluster is not None:
+            extra.update(self.cluster.stats())
+        return extra
+
+    async def _seed_from_store(self) -> tuple[Position, Snapshot] | None:
+        """A cluster starting on an empty Redis continues the store's history (PERSIST=1)."""
+        loaded = self._store_loaded
+        return (loaded.position, loaded.sessions) if loaded is not None else None
+
     def _notifier(self) -> Notifier | None:
-        """Webhook delivery when NOTIFY_WEBHOOK is set; its outbox is the store, if any."""
+        """Webhook delivery when NOTIFY_WEBHOOK is set; its outbox is the store, if any, or
+        in a cluster without a store the shared stream (cursors in Redis)."""
         s = self.settings
         if not s.notify_webhooks:
             return None
         broker = self.broker
+        outbox: Outbox | None = self.store
+        if outbox is None and self.cluster is not None:
+            outbox = self._redis_broker
         return Notifier(
             s.notify_webhooks,
             secret=s.notify_webhook_secret,
             metrics=self.metrics,
             position=lambda: broker.position,
-            store=self.store,
+            store=outbox,
             timeout=s.notify_timeout,
             max_age=s.notify_max_age,
             queue_size=s.notify_queue_size,
@@ -302,6 +373,8 @@ class Service:
         if self._endpoint is not None:
             await self._endpoint.close()
         self._tasks = []
+        if self.cluster is not None:
+            await self.cluster.stop()  # stops leading (lease given back), stops reading
         if self.notifier is not None:
             await self.notifier.stop()
         clients = len(self.hub)
@@ -329,7 +402,7 @@ class Service:
         if loaded is None:
             log.info("Store created", extra={"epoch": self.broker.position.epoch})
             return None
-        self.broker.reset(loaded.position)
+        self._memory_broker.reset(loaded.position)
         log.info(
             "Store loaded",
             extra={

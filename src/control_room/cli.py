@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Final, TextIO
 
 from control_room import config, render
 from control_room import logging as logs
+from control_room.broker.base import BrokerUnavailable
 from control_room.store.base import SchemaTooNew, StoreError
 from control_room.tasks import run_loop
 
@@ -310,6 +311,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     except StoreError as exc:  # the store could not be opened: nothing to serve from
         print(f"control-room: store error: {exc}", file=sys.stderr)
+        return 1
+    except BrokerUnavailable as exc:  # a cluster member that cannot reach Redis at start
+        print(f"control-room: cannot join the cluster: {exc}; is REDIS_URL right?", file=sys.stderr)
         return 1
     except OSError as exc:
         if exc.errno != errno.EADDRINUSE:

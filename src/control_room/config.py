@@ -26,6 +26,13 @@ DEFAULT_NOTIFY_QUEUE_SIZE: Final = 10_000  # bounded memory when nothing persist
 DEFAULT_COMPRESSION_MIN_BYTES: Final = 512
 """Messages shorter than this go uncompressed: below about half a KiB the deflate framing
 and the client's inflate cost more than the bytes saved."""
+DEFAULT_LEASE_MS: Final = 10_000
+"""The leader's lease: a killed leader is replaced within this (plus one retry), and a node
+that stops hearing from Redis stops polling within it; ten seconds rides out a GC pause or
+a slow Redis failover without a needless change of leader."""
+MIN_LEASE_MS: Final = 100  # renewals run every third of it: shorter would be all renewing
+DEFAULT_REDIS_PREFIX: Final = "control-room"
+REDIS_SCHEMES: Final = ("redis", "rediss", "unix")
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 LOG_FORMATS: Final = ("json", "console")
 T = TypeVar("T")
@@ -82,6 +89,10 @@ class Settings:
     metrics_public: bool = False
     compression: bool = True
     compression_min_bytes: int = DEFAULT_COMPRESSION_MIN_BYTES
+    redis_url: str = field(default="", repr=False)  # set: a cluster member (may hold a password)
+    redis_prefix: str = DEFAULT_REDIS_PREFIX  # every key this cluster uses starts with it
+    lease: float = DEFAULT_LEASE_MS / 1000
+    node_id: str = ""  # empty: host name and port, known once the port is bound
 
 
 def read_dotenv(path: Path) -> dict[str, str]:
@@ -313,6 +324,16 @@ def load(
     database_url = env.get("DATABASE_URL", "").strip()
     if database_url and urlsplit(database_url).scheme not in ("postgres", "postgresql"):
         problems.add("DATABASE_URL", "expected a postgresql:// URL")
+    redis_url = env.get("REDIS_URL", "").strip()
+    if redis_url and urlsplit(redis_url).scheme not in REDIS_SCHEMES:
+        problems.add("REDIS_URL", "expected a redis://, rediss:// or unix:// URL")
+    persist = check(lambda: _bool(env, "PERSIST"), False)
+    if redis_url and persist and not database_url:
+        problems.add(
+            "REDIS_URL",
+            "nodes of a cluster cannot share SQLite: with PERSIST=1 set"
+            " DATABASE_URL=postgresql://..., or unset PERSIST",
+        )
     settings = Settings(
         host=env.get("HOST", "").strip() or "127.0.0.1",
         port=check(lambda: _int(env, "PORT", DEFAULT_PORT, minimum=0), DEFAULT_PORT),
@@ -344,7 +365,7 @@ def load(
         ),
         log_level=check(lambda: _choice(env, "LOG_LEVEL", "info", LOG_LEVELS), "info"),
         log_format=check(lambda: _choice(env, "LOG_FORMAT", "json", LOG_FORMATS), "json"),
-        persist=check(lambda: _bool(env, "PERSIST"), False),
+        persist=persist,
         data_dir=Path(env.get("DATA_DIR", "").strip() or "data"),
         database_url=database_url,
         history_size=check(lambda: _int(env, "HISTORY_SIZE", DEFAULT_HISTORY_SIZE), 0),
@@ -367,6 +388,11 @@ def load(
             lambda: _int(env, "COMPRESSION_MIN_BYTES", DEFAULT_COMPRESSION_MIN_BYTES, minimum=0),
             DEFAULT_COMPRESSION_MIN_BYTES,
         ),
+        redis_url=redis_url,
+        redis_prefix=env.get("REDIS_PREFIX", "").strip() or DEFAULT_REDIS_PREFIX,
+        lease=check(lambda: _int(env, "LEASE_MS", DEFAULT_LEASE_MS, minimum=MIN_LEASE_MS), 0)
+        / 1000,
+        node_id=env.get("NODE_ID", "").strip(),
     )
     if problems.found:
         raise ConfigError.of(problems.found)

@@ -27,6 +27,9 @@ UPSTREAM_LISTING_INCONSISTENT: Final = "upstream_listing_inconsistent"
 UPSTREAM_SESSION_UNDECODABLE: Final = "upstream_session_undecodable"
 POLL_OVERRUN: Final = "poll_overrun"
 STORE_UNAVAILABLE: Final = "store_unavailable"
+REDIS_UNAVAILABLE: Final = "redis_unavailable"
+"""A cluster member (REDIS_URL) cannot reach Redis: it keeps its clients and its last state,
+but hears of no change until Redis answers again."""
 
 UPSTREAM_FAILURE_REASONS: Final = {
     "unauthorized": UPSTREAM_UNAUTHORIZED,
@@ -46,6 +49,7 @@ REASONS: Final = (
     UPSTREAM_SESSION_UNDECODABLE,
     POLL_OVERRUN,
     STORE_UNAVAILABLE,
+    REDIS_UNAVAILABLE,
 )
 """Every reason /healthz can give, in the order it lists them."""
 
@@ -68,6 +72,7 @@ class UpstreamHealth:
     poll_started: float | None = None  # set while a poll runs
     last_poll_seconds: float | None = None
     last_poll_overran: bool = False
+    broker_error: str | None = None  # cluster: why Redis fails (logs and authenticated only)
     undecodable: int = 0  # sessions whose latest version could not be decoded
     unconfirmed: int = 0  # vanished sessions kept because their deletion was not confirmed
     started: float = field(default_factory=time.time)
@@ -107,6 +112,8 @@ class UpstreamHealth:
             found.append(POLL_OVERRUN)
         if self.store_error is not None:
             found.append(STORE_UNAVAILABLE)
+        if self.broker_error is not None:
+            found.append(REDIS_UNAVAILABLE)
         return found
 
     def retry_in(self, now: float | None = None) -> float | None:

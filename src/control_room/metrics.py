@@ -231,3 +231,60 @@ class Metrics:
             self.listing_anomalies.labels(kind)
         for outcome in DELETION_CHECK_OUTCOMES:
             self.deletion_checks.labels(outcome)
+
+
+LEASE_OUTCOMES: Final = ("gained", "lost", "released")
+RESYNC_REASONS: Final = ("epoch_changed", "gap", "rolled_back")
+REDIS_OPERATIONS: Final = ("read", "publish", "history", "lease", "refresh", "report")
+
+
+class ClusterMetrics:
+    """What a cluster member (REDIS_URL) exports besides the service's own metrics."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        p = "control_room_cluster_"
+        self.leader = Gauge(p + "leader", "1 while this node holds the lease and polls", registry=r)
+        self.fence = Gauge(
+            p + "fence",
+            "Fencing number of the current leader, as this node last saw it",
+            registry=r,
+        )
+        self.lease_changes = Counter(
+            p + "lease_changes",
+            "This node's lease gained, lost or released",
+            ["outcome"],
+            registry=r,
+        )
+        self.lag_events = Gauge(
+            p + "stream_lag_events",
+            "Sessions deltas published to the shared stream and not yet delivered on this node",
+            registry=r,
+        )
+        self.stream_delay = Histogram(
+            p + "stream_delay_seconds",
+            "From a batch's publish in Redis (Redis clock) to its delivery on this node",
+            buckets=FAST_BUCKETS,
+            registry=r,
+        )
+        self.publish_duration = Histogram(
+            p + "publish_duration_seconds",
+            "Leader: from the publish script's call to the batch's delivery on this node",
+            buckets=FAST_BUCKETS,
+            registry=r,
+        )
+        self.resyncs = Counter(
+            p + "resyncs",
+            "Times this node reloaded the shared state because history changed under it",
+            ["reason"],
+            registry=r,
+        )
+        self.redis_errors = Counter(
+            p + "redis_errors", "Redis calls that failed, by operation", ["operation"], registry=r
+        )
+        for outcome in LEASE_OUTCOMES:
+            self.lease_changes.labels(outcome)
+        for reason in RESYNC_REASONS:
+            self.resyncs.labels(reason)
+        for operation in REDIS_OPERATIONS:
+            self.redis_errors.labels(operation)

@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Final
+from typing import Final, Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -32,11 +32,10 @@ import msgspec
 
 from control_room import logging as logs
 from control_room.backoff import backoff_delay, parse_retry_after
-from control_room.broker.base import Batch, HistoryGone
+from control_room.broker.base import Batch, Entry, HistoryGone
 from control_room.metrics import Metrics
 from control_room.models import Position
 from control_room.signing import headers, message_id, secret_key
-from control_room.store.base import Store
 from control_room.tasks import cancel_and_wait
 
 RETRY_BASE_S: Final = 1.0  # the first retry comes quickly: most failures are blips
@@ -56,6 +55,22 @@ OUTCOMES: Final = ("delivered", "rejected", "expired", "overflow")
 (or pruned from the store first); dropped from a full in-memory queue."""
 
 log = logs.get("notifier")
+
+
+class Outbox(Protocol):
+    """Where pending deliveries are read back from, and each endpoint's cursor kept: a
+    store (PERSIST=1), or the shared Redis stream of a cluster."""
+
+    async def history(
+        self, since: int, limit: int | None = None, session_id: str | None = None
+    ) -> list[Entry]:
+        """Deltas after `since`, oldest first; HistoryGone when no longer kept."""
+
+    async def webhook_cursor(self, endpoint: str) -> int | None:
+        """The seq of the last delta done with for `endpoint`; None if new."""
+
+    async def set_webhook_cursor(self, endpoint: str, seq: int) -> None:
+        """Record that every delta up to `seq` is done with for `endpoint`."""
 
 
 @dataclass(frozen=True)
@@ -188,7 +203,7 @@ class Notifier:
         secret: str,
         metrics: Metrics,
         position: Callable[[], Position],
-        store: Store | None = None,
+        store: Outbox | None = None,
         timeout: float,
         max_age: float,
         queue_size: int,
@@ -251,7 +266,7 @@ class Notifier:
             },
         )
 
-    async def _load_cursor(self, ep: _Endpoint, store: Store, seq: int) -> None:
+    async def _load_cursor(self, ep: _Endpoint, store: Outbox, seq: int) -> None:
         cursor = await store.webhook_cursor(ep.url)
         if cursor is None:
             # A new endpoint starts from now: it subscribes to changes, not to the past.
@@ -397,7 +412,7 @@ class Notifier:
             ep.wake.clear()
             await ep.wake.wait()
 
-    async def _load(self, ep: _Endpoint, store: Store) -> None:
+    async def _load(self, ep: _Endpoint, store: Outbox) -> None:
         """Fill the window from the store, after the last delta queued."""
         try:
             entries = await store.history(ep.queued, limit=self._queue_size)
@@ -433,7 +448,7 @@ class Notifier:
         # Synchronous from here: any batch enqueued during the read left `latest` ahead.
         ep.behind = ep.queued < ep.latest
 
-    async def _skip_pruned(self, ep: _Endpoint, store: Store, to_seq: int) -> None:
+    async def _skip_pruned(self, ep: _Endpoint, store: Outbox, to_seq: int) -> None:
         lost = max(0, to_seq - ep.queued)
         ep.expired += lost
         self.metrics.webhook_deliveries.labels("expired").inc(lost)
@@ -444,13 +459,13 @@ class Notifier:
         ep.queued = ep.cursor = to_seq
         await self._save_cursor(ep, store)
 
-    async def _done(self, ep: _Endpoint, store: Store, seq: int) -> None:
+    async def _done(self, ep: _Endpoint, store: Outbox, seq: int) -> None:
         """Move the cursor past a delivery; write it when caught up or every so often."""
         ep.cursor = seq
         if not ep.window or seq - ep.saved >= CURSOR_SAVE_EVERY:
             await self._save_cursor(ep, store)
 
-    async def _save_cursor(self, ep: _Endpoint, store: Store) -> None:
+    async def _save_cursor(self, ep: _Endpoint, store: Outbox) -> None:
         """Write the cursor; if that fails the next write covers it (at worst, a resend)."""
         seq = ep.cursor
         if seq == ep.saved:

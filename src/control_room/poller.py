@@ -232,9 +232,11 @@ class Poller:
         batch = Batch(self._broker.stamp(changes, iso_now()))
         if self._persist is not None and not await self._persisted(batch, sessions):
             return False
+        await self._broker.publish(batch)
+        # Webhooks only for what was published: a shared broker may refuse the batch (this
+        # node lost the lease), and its seqs then go to other deltas under the same ids.
         if self._notify is not None:
             self._notify(batch)
-        await self._broker.publish(batch)
         for change in changes:
             self._metrics.deltas_published.labels(change.type).inc()
         return True

@@ -29,6 +29,14 @@ _delta_decoder: Final = msgspec.json.Decoder(SessionDelta)
 _activity_decoder: Final = msgspec.json.Decoder(ActivityMessage)
 
 
+class Fenced(ValueError):
+    """This node may no longer publish: another node holds the lease (a newer fencing token)."""
+
+
+class BrokerUnavailable(Exception):
+    """The shared broker could not be reached; whether the last publish landed is unknown."""
+
+
 class HistoryGone(Exception):
     """The requested position is older than the retained history (or from another epoch)."""
 
@@ -193,6 +201,31 @@ class Batch:
         """The last seq of `channel` in this batch (None: the batch has none)."""
         entries = self.entries if channel == SESSIONS else self.activities
         return entries[-1].seq if entries else None
+
+
+def stamp_changes(changes: Sequence[Change], timestamp: str, seq: int) -> list[SessionDelta]:
+    """Number changes on the sessions channel after `seq` (what every broker's stamp does)."""
+    return [
+        SessionDelta(
+            type=c.type,
+            sessionId=c.sessionId,
+            before=c.before,
+            after=c.after,
+            timestamp=timestamp,
+            seq=seq + i,
+        )
+        for i, c in enumerate(changes, start=1)
+    ]
+
+
+def stamp_activity_list(
+    activities: Sequence[Activity], timestamp: str, seq: int
+) -> list[ActivityMessage]:
+    """Number activities on their channel after `seq`."""
+    return [
+        ActivityMessage(sessionId=a.sessionId, activity=a, timestamp=timestamp, seq=seq + i)
+        for i, a in enumerate(activities, start=1)
+    ]
 
 
 class Sink(Protocol):

@@ -8,7 +8,17 @@ from collections.abc import Awaitable, Callable, Sequence
 from itertools import islice
 from typing import Final
 
-from control_room.broker.base import ACTIVITIES, SESSIONS, Batch, Channel, Entry, HistoryGone, Sink
+from control_room.broker.base import (
+    ACTIVITIES,
+    SESSIONS,
+    Batch,
+    Channel,
+    Entry,
+    HistoryGone,
+    Sink,
+    stamp_activity_list,
+    stamp_changes,
+)
 from control_room.messages import ActivityMessage
 from control_room.models import Activity, Change, Position, SessionDelta
 
@@ -94,28 +104,13 @@ class MemoryBroker:
 
     def stamp(self, changes: Sequence[Change], timestamp: str) -> list[SessionDelta]:
         """Number changes from the current position, without publishing them."""
-        seq = self._rings[SESSIONS].seq
-        return [
-            SessionDelta(
-                type=c.type,
-                sessionId=c.sessionId,
-                before=c.before,
-                after=c.after,
-                timestamp=timestamp,
-                seq=seq + i,
-            )
-            for i, c in enumerate(changes, start=1)
-        ]
+        return stamp_changes(changes, timestamp, self._rings[SESSIONS].seq)
 
     def stamp_activities(
         self, activities: Sequence[Activity], timestamp: str
     ) -> list[ActivityMessage]:
         """Number activities on their own channel, without publishing them."""
-        seq = self._rings[ACTIVITIES].seq
-        return [
-            ActivityMessage(sessionId=a.sessionId, activity=a, timestamp=timestamp, seq=seq + i)
-            for i, a in enumerate(activities, start=1)
-        ]
+        return stamp_activity_list(activities, timestamp, self._rings[ACTIVITIES].seq)
 
     async def publish(self, batch: Batch) -> None:
         """Append to history and deliver to every sink, in one step (it never suspends)."""
@@ -175,13 +170,13 @@ class MemoryBroker:
         # The store may already hold a poll that is persisted but not yet published: leave
         # it out, so no reader is ever ahead of the stream (it arrives live instead).
         entries = [e for e in entries if e.seq <= upto]
-        if session_id is None and (limit is None or limit > 0) and not _contiguous(entries, since):
+        if session_id is None and (limit is None or limit > 0) and not contiguous(entries, since):
             # A hole in the store (rows lost or never written) must not become a silent gap
             # in a client's stream: say history is gone, and the client reloads.
             raise HistoryGone("history_expired", entries[0].seq if entries else upto + 1)
         return entries
 
 
-def _contiguous(entries: Sequence[Entry], since: int) -> bool:
+def contiguous(entries: Sequence[Entry], since: int) -> bool:
     """True when entries are since+1, since+2, ... with no hole."""
     return bool(entries) and entries[0].seq == since + 1 and entries[-1].seq == since + len(entries)
