@@ -21,10 +21,14 @@ import sys
 import time
 from typing import Any, Final
 
+import msgspec
+
 from control_room import config
 from control_room import logging as logs
 from control_room.app import Service
 from control_room.broker.base import Batch
+from control_room.jules.activities import ActivityListing
+from control_room.jules.client import FirstPage
 from control_room.jules.types import Session
 from control_room.models import Approval, Change, JulesSession, Position, PullRequest
 from control_room.poller import iso_now
@@ -44,8 +48,20 @@ class StubUpstream:
         """Every session (raw JSON, or decoded in older versions of the client): none."""
         return []
 
+    async def list_first_page(self) -> FirstPage:
+        """The first page of no sessions: a complete listing."""
+        return FirstPage([], more=False)
+
     async def get_session(self, session_id: str) -> Session | None:
         """No session exists."""
+        return None
+
+    async def list_activities(self, session_id: str, after: str | None) -> ActivityListing | None:
+        """No session, so no activities."""
+        return None
+
+    async def get_activity(self, session_id: str, activity_id: str) -> msgspec.Raw | None:
+        """No session, so no activity."""
         return None
 
 

@@ -88,6 +88,8 @@ START_TIMEOUT_S: Final = 20.0  # a server that does not listen by then is broken
 READY_TIMEOUT_S: Final = 120.0  # 10,000 handshakes on a busy 2-core machine
 STOP_TIMEOUT_S: Final = 10.0
 STORE_TIMEOUT_S: Final = 240.0  # the persistence bench's own budget within the ten minutes
+BUDGET_OVERHEAD_S: Final = 120.0  # the budget bench's start, baseline and shutdown, at most
+BUDGET_JSON: Final = RESULTS / "budget.json"
 CLIENTS_PER_WORKER: Final = 2_500  # one load-generator process per this many clients
 CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
 PR_SET_PDEATHSIG: Final = 1  # linux/prctl.h
@@ -208,6 +210,9 @@ def server_for(name: str, mode: str, upstream_base: str, env_extra: dict[str, st
         "JULES_API_KEY": API_KEY,
         "JULES_API_BASE": upstream_base,
         "POLL_INTERVAL_MS": str(POLL_MS),
+        # Every page every poll, as the peers list: the fan-out workloads change sessions on
+        # every page (the request budget has its own benchmark, bench/budget.py).
+        "FULL_LISTING_INTERVAL": f"{POLL_MS / 1000}s",
         "HEARTBEAT_INTERVAL_MS": "30000",
         "LOG_LEVEL": "info",
         "LOG_FORMAT": "json",
@@ -444,6 +449,7 @@ class Suite:
     idle_ns: list[int]
     diff_sizes: list[int]
     texts: tuple[str, ...] = ("store", "replay", "cluster")  # TEXT_BENCHES to run
+    budget_minutes: float = 3.0  # 0: no request-budget run
     upstream_base: str = ""
     upstream_control: str = ""
     notes: list[str] = field(default_factory=list)
@@ -901,6 +907,28 @@ def goals(report: dict[str, Any]) -> list[list[object]]:
             f"{b['last_p99_ms']:.1f} ms (probe {b['probe_p99_ms']:.1f} ms)",
             b["last_p99_ms"] <= 50,
         )
+    budget = report.get("budget_figures")
+    if budget:
+        rpm = budget["requests_per_minute"]
+        goal(
+            "requests to Jules per minute, 2,500 sessions, 20 active (issue 12)",
+            "≤ 60",
+            f"{rpm:.1f} (wave-1 design: {budget['wave1_requests_per_minute']})",
+            rpm <= 60,
+        )
+        active, finished = budget["active"]["p99_s"], budget["finished"]["p99_s"]
+        goal(
+            "active session change → client, p99, 5 s poll (issue 12)",
+            "≤ 6 s",
+            f"{active:.2f} s (n={budget['active']['n']})",
+            active <= 6,
+        )
+        goal(
+            "finished session change → client, p99 (issue 12)",
+            "≤ 60 s",
+            f"{finished:.2f} s (n={budget['finished']['n']})",
+            finished <= 60,
+        )
     return rows
 
 
@@ -940,6 +968,7 @@ def markdown(report: dict[str, Any]) -> str:
         "store": "Persistence",
         "replay": "Replay to a resuming client",
         "cluster": "Scale-out",
+        "budget": "Requests to Jules (issue 12)",
     }
     for key, module in TEXT_BENCHES:
         if report.get(key):
@@ -1085,7 +1114,15 @@ async def run_suite(suite: Suite, command: str) -> dict[str, Any]:
             upstream.kill()
 
     for key, module in TEXT_BENCHES:
-        if key in suite.texts and (ROOT / "bench" / f"{module.rpartition('.')[2]}.py").is_file():
+        if key == "budget":
+            if suite.budget_minutes:
+                BUDGET_JSON.unlink(missing_ok=True)
+                args = ["--minutes", f"{suite.budget_minutes:g}", "--json-out", str(BUDGET_JSON)]
+                timeout = suite.budget_minutes * 60 + BUDGET_OVERHEAD_S
+                await text_bench(report, notes, key, module, args, timeout)
+                if BUDGET_JSON.is_file():
+                    report["budget_figures"] = json.loads(BUDGET_JSON.read_text())
+        elif key in suite.texts and (ROOT / "bench" / f"{module.rpartition('.')[2]}.py").is_file():
             await text_bench(report, notes, key, module)
     report["duration_s"] = time.perf_counter() - t0
     return report
@@ -1095,17 +1132,26 @@ TEXT_BENCHES: Final = (
     ("store", "bench.store_bench"),  # persisting a poll, reading history back (issue 3)
     ("replay", "bench.replay_bench"),  # 10,000 deltas replayed to a resuming client (issue 3)
     ("cluster", "bench.cluster_bench"),  # Redis hop, fan-out over nodes, takeover (issue 14)
+    ("budget", "bench.budget"),  # requests to Jules at 2,500 sessions, in real time (issue 12)
 )
 """Benchmarks that print their own table; their output is copied into the report."""
 
 
-async def text_bench(report: dict[str, Any], notes: list[str], key: str, module: str) -> None:
+async def text_bench(
+    report: dict[str, Any],
+    notes: list[str],
+    key: str,
+    module: str,
+    args: Sequence[str] = (),
+    limit_s: float = STORE_TIMEOUT_S,
+) -> None:
     """Run one table-printing benchmark module and keep what it printed."""
     print(f"{key} ({module})", flush=True)
     proc = await asyncio.create_subprocess_exec(
         PY,
         "-m",
         module,
+        *args,
         preexec_fn=die_with_parent,
         cwd=ROOT,
         stdin=subprocess.DEVNULL,
@@ -1113,11 +1159,11 @@ async def text_bench(report: dict[str, Any], notes: list[str], key: str, module:
         stderr=subprocess.PIPE,
     )
     try:
-        out, err = await asyncio.wait_for(proc.communicate(), STORE_TIMEOUT_S)
+        out, err = await asyncio.wait_for(proc.communicate(), limit_s)
     except TimeoutError:
         proc.kill()
         await proc.wait()
-        notes.append(f"{module} stopped after {STORE_TIMEOUT_S:.0f} s")
+        notes.append(f"{module} stopped after {limit_s:.0f} s")
         return
     report[key] = out.decode()
     if proc.returncode != 0:
@@ -1144,7 +1190,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a shorter suite (no 5,000/10,000)")
     parser.add_argument(
-        "--only", default="", help="comma list: fanout,broadcast,idle,diff,store,cluster"
+        "--only", default="", help="comma list: fanout,broadcast,idle,diff,store,cluster,budget"
+    )
+    parser.add_argument(
+        "--budget-minutes", type=float, default=3.0, help="length of the request-budget run"
     )
     parser.add_argument("--servers", default=",".join(SERVERS), help="comma list of servers")
     parser.add_argument("--profile", action="store_true", help="py-spy the 1,000-client fan-out")
@@ -1158,6 +1207,7 @@ def main(argv: list[str] | None = None) -> int:
         broadcast_ns=[1000, 5000] if big else [1000],
         idle_ns=[1000, 10_000] if big else [1000],
         diff_sizes=list(DIFF_SIZES) if big else [10_000],
+        budget_minutes=args.budget_minutes if big else min(args.budget_minutes, 2.0),
     )
     if args.only:
         wanted = set(args.only.split(","))
@@ -1169,6 +1219,7 @@ def main(argv: list[str] | None = None) -> int:
         suite.texts = tuple(
             k for k in suite.texts if k in wanted or (k == "replay" and "store" in wanted)
         )
+        suite.budget_minutes = suite.budget_minutes if "budget" in wanted else 0.0
     if "node-ws" in suite.servers and not node_ready(suite.notes):
         suite.servers.remove("node-ws")
     RESULTS.mkdir(parents=True, exist_ok=True)

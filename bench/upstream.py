@@ -1,7 +1,8 @@
 """A minimal, fast Jules list API for benchmarks: every change's time is stamped in its title.
 
-`python -m bench.upstream --port 0` serves `GET /v1alpha/sessions` (paged, newest first)
-and `GET /v1alpha/sessions/{id}` over a fixed pool of sessions, and prints `READY <port>`.
+`python -m bench.upstream --port 0` serves `GET /v1alpha/sessions` (paged, newest first),
+`GET /v1alpha/sessions/{id}` and its (empty) `/activities` over a fixed pool of sessions, and
+prints `READY <port>`.
 Pages are encoded once and cached until the next change, so the upstream costs next to
 nothing while the servers under test poll it.
 
@@ -166,6 +167,17 @@ def create_app(pool: Pool, api_key: str) -> web.Application:
             return web.json_response({"error": {"code": 404, "status": "NOT_FOUND"}}, status=404)
         return web.Response(body=_encoder.encode(session), content_type="application/json")
 
+    async def list_activities(request: web.Request) -> web.Response:
+        # The pool's sessions have no activities: the control room reads them for every
+        # session that moved (one small request each), as it does against Jules.
+        if not authorised(request):
+            return web.json_response(
+                {"error": {"code": 401, "status": "UNAUTHENTICATED"}}, status=401
+            )
+        if request.match_info["sid"] not in pool.by_id:
+            return web.json_response({"error": {"code": 404, "status": "NOT_FOUND"}}, status=404)
+        return web.Response(body=b"{}", content_type="application/json")
+
     async def start_run(request: web.Request) -> web.Response:
         spec = await request.json()
         k = int(spec["k"])
@@ -191,6 +203,7 @@ def create_app(pool: Pool, api_key: str) -> web.Application:
     app = web.Application()
     app.router.add_get("/v1alpha/sessions", list_sessions)
     app.router.add_get("/v1alpha/sessions/{sid}", get_session)
+    app.router.add_get("/v1alpha/sessions/{sid}/activities", list_activities)
     app.router.add_post("/bench/run", start_run)
     app.router.add_get("/bench/status", status)
     return app

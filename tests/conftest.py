@@ -45,6 +45,9 @@ def settings(**overrides: Any) -> Settings:
         local_token=TOKEN,
         jules_api_key=API_KEY,
         poll_interval=3600.0,  # tests poll on demand with poll_once(); no timer races
+        # Every poll lists every page, as the wave-1 tests expect; the request-budget tests
+        # (tests/functional/test_polling_budget.py) set their own interval.
+        full_listing_interval=0.001,
         heartbeat_interval=3600.0,
         log_level="debug",
     )

@@ -5,6 +5,8 @@ as the simulator's keyset cursors do not: an offset listing is what tears when t
 shifts between two pages) and `GET /v1alpha/sessions/{id}`, over real HTTP. A test scripts
 what the next requests get: `list_replies` (one per page request, in order) and
 `get_replies[id]` (one per GET of that id) hold `Reply`s, or None for "answer normally";
+`activities[id]` is the one page a session's activities list answers (entries as JSON, or
+raw bytes for entries that are not valid activities); without one, the API's 404;
 `after_page[n]` runs once right after page `n` (0-based) has been served, to change the
 sessions between two pages of one listing.
 """
@@ -89,10 +91,13 @@ class FakeUpstream:
         self.keys_seen: list[str] = []
         self.list_calls = 0  # listings started (first-page requests)
         self.get_calls: list[str] = []
+        self.activities: dict[str, list[object]] = {}
+        self.activity_queries: list[dict[str, str]] = []
         self._page_index = 0
         app = web.Application()
         app.router.add_get(PREFIX + "/sessions", self._list)
         app.router.add_get(PREFIX + "/sessions/{id}", self._get)
+        app.router.add_get(PREFIX + "/sessions/{id}/activities", self._activities)
         self._runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=0.5)
         self.port = 0
 
@@ -171,6 +176,14 @@ class FakeUpstream:
             return scripted
         found = self.find(sid)
         return Reply(json=found).response() if found else Reply(404, NOT_FOUND_BODY).response()
+
+    async def _activities(self, request: web.Request) -> web.StreamResponse:
+        self.activity_queries.append(dict(request.query))
+        entries = self.activities.get(request.match_info["id"])
+        if entries is None:
+            return Reply(404, NOT_FOUND_BODY).response()
+        parts = [e if isinstance(e, bytes) else msgspec.json.encode(e) for e in entries]
+        return Reply(body=b'{"activities": [' + b",".join(parts) + b"]}").response()
 
     async def __aenter__(self) -> FakeUpstream:
         await self._runner.setup()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import re
 import time
 from collections.abc import Awaitable, Callable
-from typing import Final
+from typing import Final, Protocol
 
 import msgspec
 from aiohttp import web
@@ -16,10 +18,21 @@ from control_room.broker.base import Broker, BrokerUnavailable, HistoryGone
 from control_room.commands import Caller, Commands
 from control_room.health import REDIS_UNAVAILABLE, STORE_UNAVAILABLE
 from control_room.jules.actions import Source
+from control_room.jules.activities import ActivityListing, BadActivity, decode_activity, patches_of
 from control_room.jules.client import UpstreamError
-from control_room.messages import BadMessage, Command, CreateSession, decode_command
+from control_room.jules.requests import RequestCounter
+from control_room.messages import (
+    ActivityDetail,
+    ActivityPage,
+    BadMessage,
+    Command,
+    CreateSession,
+    SessionList,
+    decode_command,
+)
 from control_room.metrics import Metrics
-from control_room.models import encode
+from control_room.models import Activity, encode
+from control_room.poller import Poller
 from control_room.responses import json_error, not_ready
 from control_room.server.guard import Guard
 from control_room.state import State
@@ -29,7 +42,26 @@ from control_room.ws.params import AHEAD_OF_SERVER, BadParameter, parse_seq
 
 RETRY_STORE_S: Final = 5  # a store outage is retried by the poller each interval, too
 MAX_DELTAS_PER_PAGE: Final = 1_000  # one response stays a few MB at most
+DEFAULT_ACTIVITIES_PER_PAGE: Final = 100  # a whole timeline of a typical session
+MAX_ACTIVITIES_PER_PAGE: Final = 500
+"""An activity is at most a few KB pushed (patches are cut to file summaries), so a page
+stays around a megabyte at most."""
+ACTIVITY_ID: Final = re.compile(r"[A-Za-z0-9_.~-]{1,128}")
+"""Jules activity ids are 32 hex characters; anything that could change the upstream path
+(`/`, `..` as a whole, `%`) is refused before a request is made."""
 JSON: Final = "application/json"
+
+
+class TimelineReader(Protocol):
+    """Where whole timelines and single activities are read from (the Jules client)."""
+
+    async def list_activities(self, session_id: str, after: str | None) -> ActivityListing | None:
+        """Every activity after `after` (all when None); None when Jules has none yet."""
+
+    async def get_activity(self, session_id: str, activity_id: str) -> msgspec.Raw | None:
+        """One raw activity; None when it does not exist."""
+
+
 PRINCIPAL: Final = web.RequestKey("principal", Principal)  # who a request is, for commands
 SESSION_ACTIONS: Final = {
     "approvePlan": "approvePlan",
@@ -80,8 +112,14 @@ class Api:
         stats_extra: Callable[[], dict[str, object]] | None = None,
         commands: Commands | None = None,
         sources: Callable[[], Awaitable[list[Source]]] | None = None,
+        timelines: TimelineReader | None = None,
+        requests: RequestCounter | None = None,
+        poller: Callable[[], Poller | None] = lambda: None,
     ) -> None:
         self._commands = commands
+        self._timelines = timelines
+        self._requests = requests
+        self._poller = poller
         self._sources = sources
         self._guard = guard
         self._state = state  # a follower node has no poller: everything reads the state
@@ -91,6 +129,8 @@ class Api:
         self._metrics_public = metrics_public
         self._stats_extra = stats_extra
         self._started = time.time()
+        # One read of a session's whole timeline at a time, however many ask for it.
+        self._timeline_reads: dict[str, asyncio.Task[list[Activity] | None]] = {}
 
     def routes(self) -> list[web.RouteDef]:
         """The route table."""
@@ -98,6 +138,8 @@ class Api:
         return [
             web.get("/api/sessions", a(self.sessions)),
             web.get("/api/sessions/{id}", a(self.session)),
+            web.get("/api/sessions/{id}/activities", a(self.activities)),
+            web.get("/api/sessions/{id}/activities/{activity_id}", a(self.activity)),
             web.get("/api/deltas", a(self.deltas)),
             web.get("/api/stats", a(self.stats)),
             web.post("/api/sessions", a(self.create_session)),
@@ -128,11 +170,12 @@ class Api:
         if not self._state.ready:
             return not_ready(self._state.health)
         position = self._broker.position  # read together with sessions: no await between
-        body = {
-            "sessions": list(self._state.sessions.values()),
-            "seq": position.seq,
-            "epoch": position.epoch,
-        }
+        body = SessionList(
+            sessions=list(self._state.sessions.values()),
+            seq=position.seq,
+            epoch=position.epoch,
+            activitiesSeq=position.activities_seq,
+        )
         return json_bytes(encode(body))
 
     async def session(self, request: web.Request) -> web.StreamResponse:
@@ -142,6 +185,109 @@ class Api:
         if found is None:
             return json_error(404, "not_found", message=f"no session {sid!r}")
         return json_bytes(encode(found))
+
+    async def activities(self, request: web.Request) -> web.StreamResponse:
+        """`GET /api/sessions/{id}/activities?pageSize=&pageToken=`: the session's timeline,
+        oldest first, paged (`ActivityPage`).
+
+        Served from memory when the whole timeline is held; otherwise read whole from Jules
+        (every page), kept, and served. `activitiesSeq` is the activities channel's position
+        the page was read at: apply live `activity` messages after it, skipping ids already
+        in the timeline. 404 for an unknown session, 400 for a bad parameter, 502 when Jules
+        cannot be read.
+        """
+        sid = request.match_info["id"]
+        state = self._state
+        if sid not in state.sessions:
+            return json_error(404, "not_found", message=f"no session {sid!r}")
+        try:
+            size = parse_seq(
+                "pageSize", request.query.get("pageSize", str(DEFAULT_ACTIVITIES_PER_PAGE))
+            )
+            offset = parse_seq("pageToken", request.query.get("pageToken") or "0")
+        except BadParameter as exc:
+            return json_error(400, "bad_request", parameter=exc.parameter, message=str(exc))
+        if not 1 <= size <= MAX_ACTIVITIES_PER_PAGE:
+            return json_error(
+                400,
+                "bad_request",
+                parameter="pageSize",
+                message=f"pageSize: from 1 to {MAX_ACTIVITIES_PER_PAGE}, got {size}",
+            )
+        timeline = state.peek_timeline(sid)
+        if timeline is not None and timeline.complete:
+            activities = timeline.activities
+        else:
+            try:
+                read = await self._read_timeline(sid)
+            except UpstreamError as exc:
+                return json_error(
+                    502, "upstream_unavailable", message=f"Jules answered: {exc.detail}"
+                )
+            if sid not in state.sessions:
+                return json_error(404, "not_found", message=f"no session {sid!r}")
+            activities = read or []
+        # Read together with the activities, with no await between: a consistent pair.
+        position = self._broker.position
+        end = offset + size
+        page = ActivityPage(
+            sessionId=sid,
+            activities=activities[offset:end],
+            nextPageToken=str(end) if end < len(activities) else None,
+            activitiesSeq=position.activities_seq,
+        )
+        return json_bytes(encode(page))
+
+    async def _read_timeline(self, sid: str) -> list[Activity] | None:
+        """A session's whole timeline read from Jules and kept in the state; None when Jules
+        has none yet (404 right after a create). Concurrent callers share one read."""
+        task = self._timeline_reads.get(sid)
+        if task is None:
+            task = asyncio.create_task(self._fetch_timeline(sid))
+            self._timeline_reads[sid] = task
+            task.add_done_callback(lambda done: self._timeline_read_done(sid, done))
+        return await asyncio.shield(task)
+
+    def _timeline_read_done(self, sid: str, task: asyncio.Task[list[Activity] | None]) -> None:
+        self._timeline_reads.pop(sid, None)
+        if not task.cancelled():
+            task.exception()  # retrieved here, so a read whose callers all left logs nothing
+
+    async def _fetch_timeline(self, sid: str) -> list[Activity] | None:
+        if self._timelines is None:
+            raise UpstreamError("network", "no upstream to read timelines from")
+        listing = await self._timelines.list_activities(sid, None)
+        if listing is None:
+            return None
+        if sid not in self._state.sessions:
+            return listing.activities
+        timeline = self._state.adopt_timeline(sid, listing.activities)
+        # A timeline longer than the state keeps is served from this read, whole.
+        return timeline.activities if timeline.complete else listing.activities
+
+    async def activity(self, request: web.Request) -> web.StreamResponse:
+        """`GET /api/sessions/{id}/activities/{activityId}`: one activity, read from Jules,
+        with its whole patches (`ActivityDetail`). 404 for an unknown session or activity,
+        502 when Jules cannot be read or sends an unusable activity."""
+        sid, aid = request.match_info["id"], request.match_info["activity_id"]
+        if sid not in self._state.sessions:
+            return json_error(404, "not_found", message=f"no session {sid!r}")
+        if self._timelines is None:
+            return json_error(503, "commands_unavailable", message="no upstream to ask")
+        if not ACTIVITY_ID.fullmatch(aid) or aid in (".", ".."):
+            return json_error(404, "not_found", message=f"no activity {aid[:128]!r}")
+        try:
+            raw = await self._timelines.get_activity(sid, aid)
+        except UpstreamError as exc:
+            return json_error(502, "upstream_unavailable", message=f"Jules answered: {exc.detail}")
+        if raw is None:
+            return json_error(404, "not_found", message=f"no activity {aid!r} in session {sid!r}")
+        try:
+            activity = decode_activity(raw, sid)
+        except BadActivity as exc:
+            return json_error(502, "upstream_bad_response", message=f"Jules sent {exc}")
+        detail = ActivityDetail(sessionId=sid, activity=activity, patches=patches_of(raw))
+        return json_bytes(encode(detail))
 
     async def _run(self, request: web.Request, command: Command) -> web.StreamResponse:
         if self._commands is None:
@@ -315,11 +461,17 @@ class Api:
         """A human-readable view of the service: position, upstream, clients, totals."""
         now = time.time()
         h = self._state.health
+        requests = self._requests
+        poller = self._poller()  # None on a follower node: the leader polls
         position = self._broker.position
         hub = self._hub
         body: dict[str, object] = {
             "uptimeSeconds": round(now - self._started, 3),
-            "position": {"epoch": position.epoch, "seq": position.seq},
+            "position": {
+                "epoch": position.epoch,
+                "seq": position.seq,
+                "activitiesSeq": position.activities_seq,
+            },
             "upstream": {
                 "reasons": h.reasons(now),
                 "lastSuccess": h.last_success,
@@ -333,6 +485,21 @@ class Api:
                 "undecodableSessions": h.undecodable,
                 "unconfirmedSessions": h.unconfirmed,
                 "storeError": h.store_error,
+                "requestsLastMinute": requests.last_minute() if requests is not None else None,
+                "requestsTotal": requests.totals if requests is not None else None,
+            },
+            "polling": None
+            if poller is None
+            else {
+                "pollIntervalSeconds": h.interval,
+                "fullListingIntervalSeconds": poller.full_listing_interval,
+                "lastCompleteListing": poller.last_complete_listing,
+                "hotSessionsRead": poller.hot_read,
+                "hotSessionsDeferred": poller.hot_deferred,
+                "activityReadsDue": poller.activity_reads_due,
+                "stalledSessions": sum(
+                    1 for s in self._state.sessions.values() if s.stalledSince is not None
+                ),
             },
             "clients": [
                 {

@@ -22,6 +22,7 @@ from control_room.commands import Commands
 from control_room.config import ConfigError, Settings
 from control_room.jules.actions import JulesActions
 from control_room.jules.client import JulesClient, RequestPolicy
+from control_room.jules.requests import RequestCounter
 from control_room.metrics import ClusterMetrics, Metrics
 from control_room.models import Position, Snapshot
 from control_room.notifier import Notifier, Outbox, RetryTiming
@@ -106,6 +107,10 @@ class Service:
     ) -> None:
         self.settings = settings
         self.metrics = Metrics()
+        # Every request to Jules, by kind: the budget (`/api/stats`, upstream_requests_total).
+        self.requests = RequestCounter(
+            lambda kind: self.metrics.upstream_requests.labels(kind).inc()
+        )
         # With PERSIST=1 the ring is a cache of recent history; the store holds the rest.
         self.store: Store | None = create_store(settings) if settings.persist else None
         older = self.store.history if self.store is not None else None
@@ -191,7 +196,9 @@ class Service:
             self._http = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=UPSTREAM_CONNECTIONS)
             )
-            upstream = JulesClient(self._http, s.jules_api_base, jules_key, retry=self._retry)
+            upstream = JulesClient(
+                self._http, s.jules_api_base, jules_key, retry=self._retry, requests=self.requests
+            )
 
         def make_poller(
             initial: Snapshot | None, persist: BeforePublish | None, notify: AfterPersist | None
@@ -201,6 +208,9 @@ class Service:
                 self.broker,
                 self.metrics,
                 interval=s.poll_interval,
+                full_listing_interval=s.full_listing_interval,
+                stall_after=s.stall_after,
+                requests=self.requests,
                 persist=persist,
                 notify=notify,
                 initial=initial,
@@ -233,7 +243,7 @@ class Service:
         commands: Commands | None = None
         actions: JulesActions | None = None
         if self._http is not None and jules_key is not None:  # tests may inject an upstream
-            actions = JulesActions(self._http, s.jules_api_base, jules_key)
+            actions = JulesActions(self._http, s.jules_api_base, jules_key, self.requests)
             commands = Commands(actions, refresh, lambda sid: self.state.sessions.get(sid))
         api = Api(
             guard=self.guard,
@@ -245,6 +255,9 @@ class Service:
             stats_extra=self._stats_extra,
             commands=commands,
             sources=actions.list_sources if actions is not None else None,
+            timelines=upstream,
+            requests=self.requests,
+            poller=self._current_poller,
         )
         endpoint = self._endpoint = WebSocketEndpoint(
             self.guard,
@@ -312,6 +325,12 @@ class Service:
                 "fileLimit": file_limit,
             },
         )
+
+    def _current_poller(self) -> Poller | None:
+        """The poller running in this process (none on a cluster follower)."""
+        if self.cluster is not None:
+            return self.cluster.poller
+        return self.poller
 
     def reload_secrets(self) -> None:
         """Re-read every secret file now (SIGHUP), whether or not its stat changed."""

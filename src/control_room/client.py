@@ -34,6 +34,7 @@ from yarl import URL
 from control_room import logging as logs
 from control_room.auth import APP_PROTOCOL, BEARER_PREFIX
 from control_room.backoff import backoff_delay, parse_retry_after
+from control_room.messages import SessionList
 from control_room.models import JulesSession, Position, SessionDelta
 
 RECONNECT_BASE_S: Final = 0.25  # a restarting server is back within a second or so
@@ -99,14 +100,6 @@ class Reset(msgspec.Struct, frozen=True, kw_only=True):
     epoch: str
     seq: int
     reason: str
-
-
-class SessionList(msgspec.Struct, frozen=True, kw_only=True):
-    """`GET /api/sessions`: every session and the stream position it corresponds to."""
-
-    sessions: list[JulesSession]
-    epoch: str
-    seq: int
 
 
 Event = SessionDelta | Snapshot | Reset

@@ -185,7 +185,7 @@ class Cluster:
         if reason in QUIET_RESETS:
             return
         clients = len(self._hub)
-        self._hub.close_all(SERVICE_RESTART, "shared history changed; resume")
+        self._hub.close_all(SERVICE_RESTART, "shared history changed; resume", "resync")
         log.warning(
             "Clients asked to reconnect: the shared history changed",
             extra={"reason": reason, "clientCount": clients},

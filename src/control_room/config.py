@@ -16,6 +16,14 @@ from control_room.signing import BadSecret, secret_key
 DEFAULT_PORT: Final = 3001
 DEFAULT_JULES_API_BASE: Final = "https://jules.googleapis.com/v1alpha"
 DEFAULT_POLL_INTERVAL_MS: Final = 5_000  # the seed's period: fresh enough, gentle on quota
+DEFAULT_FULL_LISTING_INTERVAL_S: Final = 60.0
+"""Every page is listed again within a minute of its last read: any change to an older
+(mostly finished) session reaches clients within a minute, and deletions (which only a
+complete listing may announce) too; between them a poll reads the first page only, so the
+budget stays near 60 requests a minute at 2,500 sessions (see docs/topics/polling.md)."""
+DEFAULT_STALL_AFTER_S: Final = 15 * 60.0
+"""A working session silent for 15 minutes is flagged: Jules logs progress every minute or
+so while it works, so a quarter of an hour of silence is worth a look."""
 DEFAULT_HEARTBEAT_INTERVAL_MS: Final = 30_000  # the seed's period; proxies idle out at ~60 s
 DEFAULT_MAX_BUFFER_BYTES: Final = 1_048_576  # the seed's 1 MiB, also Centrifugo's default
 DEFAULT_HISTORY_SIZE: Final = 10_000  # ~10 MB of typical deltas; hours of a busy account
@@ -72,6 +80,8 @@ class Settings:
     jules_api_key_file: Path | None = None  # instead of jules_api_key: re-read when it changes
     jules_api_base: str = DEFAULT_JULES_API_BASE
     poll_interval: float = DEFAULT_POLL_INTERVAL_MS / 1000
+    full_listing_interval: float = DEFAULT_FULL_LISTING_INTERVAL_S
+    stall_after: float = DEFAULT_STALL_AFTER_S
     heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL_MS / 1000
     max_buffer_bytes: int = DEFAULT_MAX_BUFFER_BYTES
     log_level: str = "info"
@@ -355,6 +365,11 @@ def load(
             lambda: _int(env, "POLL_INTERVAL_MS", DEFAULT_POLL_INTERVAL_MS, minimum=10), 0
         )
         / 1000,
+        full_listing_interval=check(
+            lambda: _duration(env, "FULL_LISTING_INTERVAL", DEFAULT_FULL_LISTING_INTERVAL_S),
+            0.0,
+        ),
+        stall_after=check(lambda: _duration(env, "STALL_AFTER", DEFAULT_STALL_AFTER_S), 0.0),
         heartbeat_interval=check(
             lambda: _int(env, "HEARTBEAT_INTERVAL_MS", DEFAULT_HEARTBEAT_INTERVAL_MS, minimum=10),
             0,

@@ -239,6 +239,20 @@ class ActivityPage(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True
     activitiesSeq: int | None = None
 
 
+class ActivityDetail(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True):
+    """`GET /api/sessions/{id}/activities/{activityId}`: one activity and its whole patches.
+
+    `patches` are the change sets' unified diffs with their base commit and suggested commit
+    message (`{source, unidiffPatch, baseCommitId, suggestedCommitMessage}`); media are
+    described by type and size in `activity.artifacts`. Only REST serves patches: pushed
+    activities carry the per-file summary.
+    """
+
+    sessionId: str
+    activity: Activity
+    patches: list[dict[str, str]] = msgspec.field(default_factory=list)
+
+
 ServerMessage = (
     SessionDelta | ActivityMessage | PatchDelta | SnapshotMessage | ResetMessage | ResultMessage
 )
@@ -296,6 +310,7 @@ def decode_command(data: bytes, *, binary: bool = False) -> Command:
 
 
 __all__ = [
+    "ActivityDetail",
     "ActivityMessage",
     "ActivityPage",
     "ApprovePlan",

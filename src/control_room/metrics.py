@@ -10,6 +10,8 @@ from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from control_room.jules.requests import REQUEST_KINDS
+
 CLOSE_REASONS: Final = (
     "normal",
     "heartbeat_timeout",
@@ -18,6 +20,8 @@ CLOSE_REASONS: Final = (
     "shutdown",
     "error",
     "command_flood",
+    "resync",
+    "history_unavailable",
     "connection_reset",
     "protocol_error",
     "token_revoked",
@@ -54,6 +58,12 @@ LISTING_ANOMALIES: Final = (
 """What a listing entry can get wrong (see jules/mapping.py); none of them becomes a delta."""
 DELETION_CHECK_OUTCOMES: Final = ("gone", "present", "unknown")
 """What a `GET /sessions/{id}` of a vanished session said (see deletions.py)."""
+ACTIVITY_READ_OUTCOMES: Final = ("ok", "not_found_yet", "gone", "failed")
+"""What one read of a session's activities came to (see cursors.py): read, Jules' transient
+404 after a create (read again), a 404 past the grace period (dropped), any other failure
+(read again, backing off)."""
+LISTING_KINDS: Final = ("complete", "first_page")
+"""A poll lists every page, or only the first one (see schedule.py)."""
 FAST_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 """Broadcast and diff take well under a millisecond to tens of milliseconds."""
 SLOW_BUCKETS: Final = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -158,6 +168,52 @@ class Metrics:
             "Listing entries in the last listing that could not be used (last good kept)",
             registry=r,
         )
+        self.upstream_requests = Counter(
+            p + "upstream_requests",
+            "Requests sent to the Jules API, retries included, by kind",
+            ["kind"],
+            registry=r,
+        )
+        self.listings = Counter(
+            p + "listings",
+            "Successful session listings by kind: every page, or the first page only",
+            ["kind"],
+            registry=r,
+        )
+        self.hot_sessions = Gauge(
+            p + "hot_sessions_read",
+            "Working sessions beyond the first page read one by one in the last partial poll",
+            registry=r,
+        )
+        self.hot_sessions_deferred = Gauge(
+            p + "hot_sessions_deferred",
+            "Working sessions beyond the first page left to the complete listing (over the cap)",
+            registry=r,
+        )
+        self.activity_reads = Counter(
+            p + "activity_reads",
+            "Reads of one session's new activities, by outcome",
+            ["outcome"],
+            registry=r,
+        )
+        self.activities_published = Counter(
+            p + "activities_published", "New activities published", registry=r
+        )
+        self.activities_skipped = Counter(
+            p + "activities_skipped",
+            "Activities that could not be decoded and were skipped",
+            registry=r,
+        )
+        self.activity_reads_due = Gauge(
+            p + "activity_reads_due",
+            "Sessions whose new activities wait for a later poll (failed, not found yet, deferred)",
+            registry=r,
+        )
+        self.sessions_stalled = Gauge(
+            p + "sessions_stalled",
+            "IN_PROGRESS sessions flagged stalled (no activity for STALL_AFTER)",
+            registry=r,
+        )
         self.heartbeat_pings = Counter(p + "heartbeat_pings", "Pings sent", registry=r)
         self.store_write_duration = Histogram(
             p + "store_write_duration_seconds",
@@ -231,6 +287,12 @@ class Metrics:
             self.listing_anomalies.labels(kind)
         for outcome in DELETION_CHECK_OUTCOMES:
             self.deletion_checks.labels(outcome)
+        for request in REQUEST_KINDS:
+            self.upstream_requests.labels(request)
+        for listing in LISTING_KINDS:
+            self.listings.labels(listing)
+        for outcome in ACTIVITY_READ_OUTCOMES:
+            self.activity_reads.labels(outcome)
 
 
 LEASE_OUTCOMES: Final = ("gained", "lost", "released")

@@ -1,10 +1,16 @@
-"""Fetch -> map -> verify -> diff -> persist -> notify -> broadcast, with backoff.
+"""Fetch -> map -> verify -> diff -> read activities -> persist -> notify -> broadcast.
 
 Owns the snapshot. Publishes only what the upstream proves: a session missing from a
 listing is deleted only when checks say so (deletions.py), a session that does not decode
 keeps its last good version, and a failed poll publishes nothing. Every fault is ridden
 out: capped, jittered backoff for every kind of failure, a rotated API key used at once
 (`wake`), and no check may hold a poll back for more than a share of its interval.
+
+Requests are a budget (docs/topics/polling.md): a poll reads the first page of the
+listing, and every page only once per FULL_LISTING_INTERVAL (schedule.py); working
+sessions beyond the first page are read one by one; activities are read only for
+sessions that moved, and only the new ones (cursors.py). A poll's session deltas and new
+activities are published in one batch, deltas first.
 """
 
 from __future__ import annotations
@@ -14,20 +20,28 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Final, Protocol
+from typing import Final, Protocol, TypeVar
+
+import msgspec
 
 from control_room import logging as logs
 from control_room import rfc3339
 from control_room.backoff import backoff_delay
-from control_room.broker.base import Batch, Broker
+from control_room.broker.base import ACTIVITIES, Batch, Broker, tag_of
+from control_room.config import DEFAULT_FULL_LISTING_INTERVAL_S, DEFAULT_STALL_AFTER_S
+from control_room.cursors import Cursors, Read
 from control_room.deletions import GONE, Check, Outcome, Verdict, judge, sample
 from control_room.diff import diff
 from control_room.health import UpstreamHealth
-from control_room.jules.client import UpstreamError
+from control_room.jules.activities import ActivityListing
+from control_room.jules.client import FirstPage, UpstreamError
 from control_room.jules.mapping import MappedListing, map_listing, map_session
+from control_room.jules.requests import RequestCounter
 from control_room.jules.types import RawSession, Session
 from control_room.metrics import Metrics
-from control_room.models import Change, Position, Snapshot
+from control_room.models import Activity, Change, Position, Snapshot
+from control_room.schedule import MAX_HOT_GETS, ListingSchedule, hot_beyond, is_hot
+from control_room.stall import apply_stalls, stalled_since
 from control_room.state import State
 
 __all__ = ["Poller", "Upstream", "UpstreamHealth", "iso_now"]
@@ -38,9 +52,16 @@ a key rotated in its file is picked up at once anyway (`wake`)."""
 CHECKS_IN_FLIGHT: Final = 4
 """Deletion checks run at once: a sample of 16 takes four round trips, and the upstream's
 quota is not hammered (its own SDK allows 50 requests in flight)."""
+HOT_READS_IN_FLIGHT: Final = 4
+"""Working sessions beyond the first page read at once: MAX_HOT_GETS in two round trips."""
+ACTIVITY_READS_IN_FLIGHT: Final = 4
+"""Sessions whose activities are read at once: 20 working sessions that all moved are read
+in five round trips (well under a second), and a burst never opens more than four requests."""
 CHECK_BUDGET_SHARE: Final = 0.5
-"""Deletion checks (and listing a torn listing again) may take half a poll interval: the
-poll still ends within its period, so a change elsewhere is never late by more than one."""
+"""The reads that follow a listing (deletion checks, listing a torn listing again, working
+sessions read one by one, activities) share half a poll interval: the poll still ends
+within its period, so a change elsewhere is never late by more than one. What does not
+finish in time is read again next poll."""
 MIN_CHECK_BUDGET_S: Final = 1.0
 """...but at least a second, or with a very short interval no check could ever answer and
 no deletion would ever be confirmed."""
@@ -50,19 +71,30 @@ upstream, and rarely repeats; if it does, only confirmed deletions are applied."
 SHOWN_IDS: Final = 10  # session ids named in one log line; the count gives the rest
 
 log = logs.get("poller")
+T = TypeVar("T")
 
 iso_now = rfc3339.now
 """The current time as RFC 3339 UTC with milliseconds (the deltas' `timestamp`)."""
 
 
 class Upstream(Protocol):
-    """What the poller needs from the Jules client."""
+    """What the poller (and the REST timeline routes) need from the Jules client."""
 
     async def list_sessions(self) -> Sequence[RawSession]:
         """Every session as raw JSON, or UpstreamError."""
 
+    async def list_first_page(self) -> FirstPage:
+        """The newest sessions (the first page) and whether more pages follow; UpstreamError."""
+
     async def get_session(self, session_id: str) -> Session | None:
         """That very session, None when it does not exist, or UpstreamError."""
+
+    async def list_activities(self, session_id: str, after: str | None) -> ActivityListing | None:
+        """The session's activities created after `after` (all: None), oldest first; None
+        on 404 NOT_FOUND; UpstreamError."""
+
+    async def get_activity(self, session_id: str, activity_id: str) -> msgspec.Raw | None:
+        """One activity exactly as sent; None on 404 NOT_FOUND; UpstreamError."""
 
 
 BeforePublish = Callable[[Batch, Snapshot, Position], Awaitable[None]]
@@ -97,13 +129,17 @@ class Poller:
         metrics: Metrics,
         *,
         interval: float,
+        full_listing_interval: float = DEFAULT_FULL_LISTING_INTERVAL_S,
+        stall_after: float = DEFAULT_STALL_AFTER_S,
         persist: BeforePublish | None = None,
         notify: AfterPersist | None = None,
         initial: Snapshot | None = None,
         state: State | None = None,
         check_budget: float | None = None,
+        requests: RequestCounter | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
-        self._upstream = upstream
+        self.upstream = upstream
         # What clients read; published batches keep it current (it is a broker sink).
         self.state = state if state is not None else State()
         if initial is not None:
@@ -120,10 +156,21 @@ class Poller:
         self._notify = notify
         # A snapshot loaded from a store is diffed against (not re-announced) on the first poll.
         self._listing = MappedListing.of(dict(initial)) if initial is not None else None
+        # The last first page seen (or complete listing): what a first page is matched against.
+        self._page_ref: MappedListing | None = None
+        self._schedule = ListingSchedule(full_listing_interval, interval)
+        self._cursors = Cursors(interval)
+        self._stall_after = stall_after
+        self._clock = clock
+        self._following = False  # the timelines of working sessions have been asked for
+        self.requests = requests
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._streaks = _Streaks()
         self.attempts = 0
+        self.hot_read = 0
+        self.hot_deferred = 0
+        self.last_complete_listing: float | None = None  # Unix seconds
         self.health = self.state.health = UpstreamHealth(interval=interval)
 
     @property
@@ -135,6 +182,16 @@ class Poller:
     def ready(self) -> bool:
         """True once a complete listing has been taken since start."""
         return self.state.ready
+
+    @property
+    def full_listing_interval(self) -> float:
+        """Seconds between two complete listings."""
+        return self._schedule.full_interval
+
+    @property
+    def activity_reads_due(self) -> int:
+        """Sessions whose new activities wait for a later poll."""
+        return self._cursors.due
 
     def wake(self) -> None:
         """Poll now instead of finishing the current wait (e.g. the API key was rotated)."""
@@ -155,7 +212,7 @@ class Poller:
                 await asyncio.wait_for(self._wake.wait(), delay)
 
     async def poll_once(self) -> float:
-        """One complete poll; returns how long to wait before the next one."""
+        """One poll; returns how long to wait before the next one."""
         async with self._lock:
             health = self.health
             started = health.poll_started = time.time()
@@ -171,22 +228,37 @@ class Poller:
             return delay
 
     async def _poll(self) -> float:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        baseline = self._listing is None
         previous = self._listing or MappedListing.empty()
-        current = await self._list(previous)
-        vanished = previous.sessions.keys() - current.sessions.keys()
-        unconfirmed: set[str] = set()
-        if vanished:
-            current, unconfirmed = await self._settle(previous, current, vanished)
+        complete = self._schedule.complete_due(started)
+        if complete:
+            current = await self._list(previous)
         else:
-            self._streaks.update("torn", ())
-        self._report_unconfirmed(unconfirmed)
+            current, complete = await self._list_newest(previous)
+        deadline = loop.time() + self._check_budget
+        if complete:
+            vanished = previous.sessions.keys() - current.sessions.keys()
+            unconfirmed: set[str] = set()
+            if vanished:
+                current, unconfirmed = await self._settle(previous, current, vanished, deadline)
+            else:
+                self._streaks.update("torn", ())
+            self._report_unconfirmed(unconfirmed)
+        else:
+            await self._read_hot(current, deadline)
 
-        started = time.perf_counter()
-        changes = diff(previous.sessions, current.sessions, current.fresh)
-        self._metrics.diff_duration.observe(time.perf_counter() - started)
+        clock_started = time.perf_counter()
+        stalled = apply_stalls(
+            current.sessions, self._cursors.last_activity, self._clock(), self._stall_after
+        )
+        candidates = None if current.fresh is None else dict.fromkeys([*current.fresh, *stalled])
+        changes = diff(previous.sessions, current.sessions, candidates)
+        self._metrics.diff_duration.observe(time.perf_counter() - clock_started)
 
         health = self.health
-        if self._listing is None:
+        if baseline:
             # The first listing since an empty start is the baseline, not a flood of `created`.
             changes = []
             # With a store, the baseline is saved whole (an empty batch), so a restart diffs
@@ -194,14 +266,33 @@ class Poller:
             if self._persist is not None and not await self._persisted(Batch([]), current.sessions):
                 return self._interval
             log.info("Baseline taken", extra={"sessions": len(current.sessions)})
-        if changes:
-            if not await self._publish(changes, current.sessions):
-                return self._interval
+        # The first poll since start also reads the timelines of the working sessions.
+        follow = () if self._following else [s.id for s in current.sessions.values() if is_hot(s)]
+        reads = self._cursors.plan(changes, current.sessions, loop.time(), follow=follow)
+        results = await self._read_activities(reads, deadline)
+        activities, done = self._settle_reads(reads, results, current.sessions)
+        if (changes or activities) and not await self._publish(
+            changes, activities, current.sessions
+        ):
+            self._cursors.again(read for read, _ in done)
+            return self._interval
+        self._advance(done)
+        self._following = True
+        if complete:
             self._listing = current
+            self._schedule.listed_completely(started, loop.time())
+            self.last_complete_listing = time.time()
         else:
-            self._listing = current
+            assert self._listing is not None  # the first poll is always complete
+            self._listing.sessions = current.sessions
+        self._page_ref = current
+        self._metrics.listings.labels("complete" if complete else "first_page").inc()
         self._metrics.deltas_per_poll.observe(len(changes))
         self._metrics.sessions_tracked.set(len(current.sessions))
+        self._metrics.sessions_stalled.set(
+            sum(1 for s in current.sessions.values() if s.stalledSince is not None)
+        )
+        self._metrics.activity_reads_due.set(self._cursors.due)
         if health.consecutive_failures:
             outage = time.time() - (health.outage_started or time.time())
             log.info(
@@ -222,14 +313,201 @@ class Poller:
         health.baseline_done = True
         health.sessions = len(current.sessions)
         log.debug(
-            "Poll complete", extra={"sessions": len(current.sessions), "deltas": len(changes)}
+            "Poll complete",
+            extra={
+                "sessions": len(current.sessions),
+                "deltas": len(changes),
+                "activities": len(activities),
+                "listing": "complete" if complete else "first_page",
+                "activityReads": len(reads),
+            },
         )
         return self._interval
 
-    async def _publish(self, changes: list[Change], sessions: Snapshot) -> bool:
+    async def _list_newest(self, previous: MappedListing) -> tuple[MappedListing, bool]:
+        """Read the first page; (the listing to diff, whether it is complete).
+
+        Without a next page, the first page is a complete listing. Otherwise the sessions it
+        shows are merged over the previous snapshot: a partial listing creates and updates,
+        and never deletes.
+        """
+        page = await self.upstream.list_first_page()
+        if not page.more:
+            current = map_listing(page.sessions, previous)
+            self._report_listing(current)
+            return current, True
+        ref = self._page_ref or previous
+        mapped = map_listing(page.sessions, MappedListing(ref.raws, ref.ids, previous.sessions))
+        sessions = dict(previous.sessions)
+        sessions.update(mapped.sessions)
+        return MappedListing(mapped.raws, mapped.ids, sessions, list(mapped.fresh or ())), False
+
+    async def _read_hot(self, current: MappedListing, deadline: float) -> None:
+        """Read each working session the first page did not show (at most MAX_HOT_GETS);
+        apply what changed to `current`. A session not found is left to the complete
+        listing (only it may delete); a failed read leaves the session as it was."""
+        listed = {sid for sid in current.ids if sid is not None}
+        hot, deferred = hot_beyond(current.sessions, listed, MAX_HOT_GETS)
+        self.hot_read, self.hot_deferred = len(hot), len(deferred)
+        self._metrics.hot_sessions.set(len(hot))
+        self._metrics.hot_sessions_deferred.set(len(deferred))
+        new, _ = self._streaks.update("deferred", deferred)
+        if new:
+            log.warning(
+                "More working sessions beyond the first page than read one by one; the"
+                " others wait for the complete listing",
+                extra={"read": len(hot), "deferred": len(deferred), "sessionIds": _shown(new)},
+            )
+        if not hot:
+            self._streaks.update("hot_failed", ())
+            return
+        results = await self._gather(hot, self.upstream.get_session, deadline, HOT_READS_IN_FLIGHT)
+        failed: list[str] = []
+        fresh = current.fresh if current.fresh is not None else []
+        for sid in hot:
+            found = results.get(sid)
+            if sid not in results or isinstance(found, UpstreamError):
+                failed.append(sid)
+                continue
+            if found is None or found.archived:
+                continue  # gone or archived: only a complete listing deletes
+            before = current.sessions[sid]
+            if rfc3339.later(before.updatedAt, found.updateTime):
+                continue  # an older version than shown: keep the shown one
+            current.sessions[sid] = map_session(found, before)
+            fresh.append(sid)
+        current.fresh = fresh
+        new, _ = self._streaks.update("hot_failed", failed)
+        if new:
+            log.warning(
+                "Working sessions could not be read; their changes wait for the next poll",
+                extra={"sessionIds": _shown(new), "count": len(failed)},
+            )
+
+    async def _gather(
+        self,
+        keys: Sequence[str],
+        fetch: Callable[[str], Awaitable[T]],
+        deadline: float,
+        in_flight: int,
+    ) -> dict[str, T | UpstreamError]:
+        """`fetch` each key, at most `in_flight` at once, all before `deadline`; the answers
+        by key (an UpstreamError for a failure; keys not answered in time are absent)."""
+        results: dict[str, T | UpstreamError] = {}
+        gate = asyncio.Semaphore(in_flight)
+
+        async def one(key: str) -> None:
+            async with gate:
+                try:
+                    results[key] = await fetch(key)
+                except UpstreamError as exc:
+                    results[key] = exc
+
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout_at(deadline), asyncio.TaskGroup() as group:
+                for key in keys:
+                    group.create_task(one(key))
+        return results
+
+    # -- activities --
+
+    async def _read_activities(
+        self, reads: Sequence[Read], deadline: float
+    ) -> dict[str, ActivityListing | UpstreamError | None]:
+        """Read each planned session's activities (ACTIVITY_READS_IN_FLIGHT at once)."""
+        if not reads:
+            return {}
+        bounds = {read.session_id: read.after for read in reads}
+
+        async def fetch(sid: str) -> ActivityListing | None:
+            return await self.upstream.list_activities(sid, bounds[sid])
+
+        return await self._gather(list(bounds), fetch, deadline, ACTIVITY_READS_IN_FLIGHT)
+
+    def _settle_reads(
+        self,
+        reads: Sequence[Read],
+        results: dict[str, ActivityListing | UpstreamError | None],
+        sessions: Snapshot,
+        streak: str = "poll",
+    ) -> tuple[list[Activity], list[tuple[Read, ActivityListing]]]:
+        """The new activities to publish (by session, oldest first), and the reads to
+        advance once they are published. Failed reads are due again; each is counted, and
+        logged once per streak (polls and command re-reads each have their own)."""
+        now = asyncio.get_running_loop().time()
+        cursors, metrics = self._cursors, self._metrics
+        activities: list[Activity] = []
+        done: list[tuple[Read, ActivityListing]] = []
+        failed: dict[str, str] = {}
+        bad: list[str] = []
+        for read in sorted(reads, key=lambda r: r.session_id):
+            sid = read.session_id
+            result = results.get(sid)
+            if isinstance(result, ActivityListing):
+                metrics.activity_reads.labels("ok").inc()
+                # New by the cursor's bounds alone, never by what a timeline holds: a
+                # timeline read over REST may already hold activities not yet announced.
+                if sid in sessions:
+                    activities.extend(cursors.new_activities(read, result))
+                done.append((read, result))
+                if result.bad:
+                    metrics.activities_skipped.inc(len(result.bad))
+                    bad.extend(f"{sid}: {why}" for why in result.bad)
+            elif sid in results and result is None:
+                if cursors.not_found(read, now):
+                    metrics.activity_reads.labels("not_found_yet").inc()
+                    log.debug(
+                        "Activities not found yet; read again next poll",
+                        extra={"sessionId": sid},
+                    )
+                else:
+                    metrics.activity_reads.labels("gone").inc()
+                    log.info(
+                        "Activities not found; the session looks gone", extra={"sessionId": sid}
+                    )
+            else:
+                metrics.activity_reads.labels("failed").inc()
+                cursors.failed(read, now)
+                failed[sid] = (
+                    result.detail if isinstance(result, UpstreamError) else "no answer in time"
+                )
+        new, _ = self._streaks.update(f"activities_failed_{streak}", failed)
+        if new:
+            log.warning(
+                "Activities could not be read; read again next poll",
+                extra={
+                    "sessionIds": _shown(new),
+                    "count": len(failed),
+                    "error": failed[new[0]],
+                },
+            )
+        new, _ = self._streaks.update(f"activities_bad_{streak}", bad)
+        for entry in new:
+            log.warning("Activity skipped: it cannot be used", extra={"error": entry})
+        return activities, done
+
+    def _advance(self, done: Sequence[tuple[Read, ActivityListing]]) -> None:
+        """The reads were published: move their cursors, and keep the whole timelines."""
+        for read, listing in done:
+            self._cursors.advance(read, listing)
+            if read.whole:
+                self.state.adopt_timeline(read.session_id, listing.activities)
+
+    async def _publish(
+        self, changes: list[Change], activities: list[Activity], sessions: Snapshot
+    ) -> bool:
         """Stamp, persist, hand to webhooks, publish; False (nothing published) when the
-        store refused, so the same changes are found and tried again next time."""
-        batch = Batch(self._broker.stamp(changes, iso_now()))
+        store refused, so the same changes are found and tried again next time.
+
+        Deltas go first and activities after them, each tagged with its session's
+        (repository, state) after this poll, so a view that a session just entered gets
+        the activity that brought it there."""
+        timestamp = iso_now()
+        messages = self._broker.stamp_activities(activities, timestamp)
+        batch = Batch(
+            self._broker.stamp(changes, timestamp),
+            [(m, tag_of(sessions.get(m.sessionId))) for m in messages],
+        )
         if self._persist is not None and not await self._persisted(batch, sessions):
             return False
         await self._broker.publish(batch)
@@ -239,20 +517,24 @@ class Poller:
             self._notify(batch)
         for change in changes:
             self._metrics.deltas_published.labels(change.type).inc()
+        self._metrics.activities_published.inc(len(messages))
         return True
 
     async def refresh(self, session_id: str, *, gone_is_deleted: bool = False) -> None:
-        """Re-read one session now (after a command) and publish what changed at once.
+        """Re-read one session now (after a command) with its new activities, and publish
+        what changed at once.
 
         A session the upstream no longer lists (404, or archived) is announced deleted only
         with `gone_is_deleted` (after a delete or archive command): right after a create a
         GET may briefly answer 404, and a deletion otherwise comes only from a complete
-        listing. Raises UpstreamError when the read fails.
+        listing. Raises UpstreamError when the session's read fails (its activities' read
+        failing only makes them due next poll).
         """
         async with self._lock:
             if self._listing is None:
                 return  # no baseline yet: the first poll will include it
-            found = await self._upstream.get_session(session_id)
+            loop = asyncio.get_running_loop()
+            found = await self.upstream.get_session(session_id)
             listing = self._listing
             before = listing.sessions.get(session_id)
             if found is None or found.archived:
@@ -261,27 +543,51 @@ class Poller:
                 after = None
             else:
                 after = map_session(found, before)
+                flag = stalled_since(
+                    after,
+                    self._cursors.last_activity(session_id),
+                    self._clock(),
+                    self._stall_after,
+                )
+                if flag is not None:
+                    after = msgspec.structs.replace(after, stalledSince=flag)
             sessions = dict(listing.sessions)
             if after is None:
                 del sessions[session_id]
             else:
                 sessions[session_id] = after
             changes = diff(listing.sessions, sessions, [session_id])
-            if changes and await self._publish(changes, sessions):
-                # The next listing is diffed against this, so the change is not sent twice.
-                listing.sessions = sessions
+            reads = self._cursors.plan(
+                changes,
+                sessions,
+                loop.time(),
+                touched=[session_id] if after is not None else [],
+                include_due=False,
+            )
+            results = await self._read_activities(reads, loop.time() + self._check_budget)
+            activities, done = self._settle_reads(reads, results, sessions, "refresh")
+            if (changes or activities) and not await self._publish(changes, activities, sessions):
+                self._cursors.again(read for read, _ in done)
+                return
+            self._advance(done)
+            # The next listing is diffed against this, so the change is not sent twice.
+            listing.sessions = sessions
 
     async def _list(self, previous: MappedListing) -> MappedListing:
         """List every session and map the listing against `previous`; UpstreamError."""
         started = time.perf_counter()
-        raw = await self._upstream.list_sessions()
+        raw = await self.upstream.list_sessions()
         self._metrics.poll_duration.observe(time.perf_counter() - started)
         current = map_listing(raw, previous)
         self._report_listing(current)
         return current
 
     async def _settle(
-        self, previous: MappedListing, current: MappedListing, vanished: set[str]
+        self,
+        previous: MappedListing,
+        current: MappedListing,
+        vanished: set[str],
+        deadline: float,
     ) -> tuple[MappedListing, set[str]]:
         """Decide the vanished sessions (deletions.py); list again while the listing is torn.
 
@@ -289,7 +595,6 @@ class Poller:
         back, and the ids of those kept without an answer (unconfirmed).
         """
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._check_budget
         missed: set[str] = set()  # sessions the listings of this poll missed
         tries = 1
         outcome = "listed again cleanly"
@@ -366,7 +671,7 @@ class Poller:
 
     async def _check_one(self, sid: str) -> Check:
         try:
-            found = await self._upstream.get_session(sid)
+            found = await self.upstream.get_session(sid)
         except UpstreamError as exc:
             return Check(Outcome.UNKNOWN, why=exc.detail)
         if found is None or found.archived:
@@ -442,7 +747,11 @@ class Poller:
     async def _persisted(self, batch: Batch, sessions: Snapshot) -> bool:
         assert self._persist is not None
         current = self._broker.position
-        position = Position(current.epoch, batch.last_seq if batch.entries else current.seq)
+        position = Position(
+            current.epoch,
+            batch.last_seq if batch.entries else current.seq,
+            batch.last_of(ACTIVITIES) or current.activities_seq,
+        )
         started = time.perf_counter()
         try:
             await self._persist(batch, sessions, position)

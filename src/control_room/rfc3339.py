@@ -35,6 +35,32 @@ def parse(text: str | None) -> datetime | None:
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
+def instant(text: str | None) -> tuple[int, int] | None:
+    """An RFC 3339 timestamp as (Unix seconds, nanoseconds): exact to the nanosecond, for
+    ordering activities against each other (Jules sends up to 9 digits; `parse` cuts to 6,
+    and two activities a few nanoseconds apart must not compare equal). None if not one.
+    """
+    parsed = parse(text)
+    if parsed is None or text is None:
+        return None
+    seconds = int(parsed.replace(microsecond=0).timestamp())
+    if text[19:20] != ".":
+        return seconds, 0
+    end = 20
+    while end < len(text) and text[end].isdigit():
+        end += 1
+    return seconds, int(text[20:end][:9].ljust(9, "0"))
+
+
+def later(a: str | None, b: str | None) -> bool | None:
+    """Whether instant `a` is strictly after `b` (to the nanosecond); None if either is not
+    a timestamp."""
+    first, second = instant(a), instant(b)
+    if first is None or second is None:
+        return None
+    return first > second
+
+
 def _to_microseconds(text: str) -> str:
     """Cut a fraction past 6 digits: msgspec rounds, and rounding `.9999999` up to the next
     second would make it compare equal to, or later than, a time that is really later."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Final
 
 from control_room import rfc3339
@@ -108,9 +107,7 @@ class State:
         return fresh
 
 
-_EPOCH: Final = datetime.fromtimestamp(0, UTC)
-
-
-def _created(activity: Activity) -> datetime:
-    """When the activity happened (any RFC 3339 form; unreadable ones first)."""
-    return rfc3339.parse(activity.createdAt) or _EPOCH
+def _created(activity: Activity) -> tuple[int, int]:
+    # By instant, not by text: `...:00Z` sorts after `...:00.5Z` as text. Stable, so equal
+    # or unreadable times keep Jules' own order (oldest first).
+    return rfc3339.instant(activity.createdAt) or (0, 0)

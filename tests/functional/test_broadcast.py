@@ -6,9 +6,11 @@ import asyncio
 from typing import Any
 
 import aiohttp
+import msgspec
 
 from control_room.app import Service
-from control_room.jules.client import JulesClient
+from control_room.jules.activities import ActivityListing
+from control_room.jules.client import FirstPage, JulesClient
 from control_room.jules.simulator import Simulator, SimulatorServer
 from control_room.jules.types import RawSession, Session, session_decoder
 from tests.conftest import (
@@ -166,8 +168,19 @@ class PageShift:
         listing = await self.client.list_sessions()
         return [raw for raw in listing if session_decoder.decode(raw).id not in self.hide]
 
+    async def list_first_page(self) -> FirstPage:
+        page = await self.client.list_first_page()
+        kept = [raw for raw in page.sessions if session_decoder.decode(raw).id not in self.hide]
+        return FirstPage(kept, page.more)
+
     async def get_session(self, session_id: str) -> Session | None:
         return await self.client.get_session(session_id)
+
+    async def list_activities(self, session_id: str, after: str | None) -> ActivityListing | None:
+        return await self.client.list_activities(session_id, after)
+
+    async def get_activity(self, session_id: str, activity_id: str) -> msgspec.Raw | None:
+        return await self.client.get_activity(session_id, activity_id)
 
 
 async def test_a_session_missing_from_one_listing_is_checked_before_it_is_deleted(

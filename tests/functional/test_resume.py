@@ -26,7 +26,7 @@ async def changes(service: Service, sim: Simulator, n: int) -> None:
 async def test_sessions_carry_the_position(http: aiohttp.ClientSession, service: Service) -> None:
     async with http.get(service.url + "/api/sessions", headers=AUTH) as resp:
         body = await resp.json()
-    assert set(body) == {"sessions", "seq", "epoch"}
+    assert set(body) == {"sessions", "seq", "epoch", "activitiesSeq"}
     assert body["epoch"] == service.broker.position.epoch
 
 

@@ -14,7 +14,15 @@ import pytest
 from control_room.app import Service
 from control_room.jules.simulator import Simulator
 from control_room.store import common
-from tests.conftest import API_KEY, TOKEN, ServiceFactory, connect, nothing_more, receive_n
+from tests.conftest import (
+    API_KEY,
+    TOKEN,
+    ServiceFactory,
+    connect,
+    nothing_more,
+    receive_json,
+    receive_n,
+)
 from tests.store.conftest import Backend
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -215,6 +223,25 @@ async def test_old_history_answers_503_while_the_database_is_down(
     assert len((await get_json(http, service, "/api/deltas?since=0"))["deltas"]) == 3
 
 
+async def test_a_resume_needing_the_unreachable_store_is_asked_to_retry_not_reset(
+    backend: Backend, make_service: ServiceFactory, sim: Simulator, http: aiohttp.ClientSession
+) -> None:
+    if backend.name == "sqlite":
+        pytest.skip("a SQLite write lock does not stop WAL readers: history stays readable")
+    service = await make_service(history_size=1, **backend.service_settings())
+    for _ in range(3):
+        sim.create()
+    await poll(service)
+    epoch = service.broker.position.epoch
+    async with backend.unavailable():
+        ws = await connect(http, service, f"?since=0&epoch={epoch}")
+        closed = await ws.receive()
+        assert (closed.type, closed.data) == (aiohttp.WSMsgType.CLOSE, 1013)  # try again later
+    assert service.metrics.connections_closed.labels("history_unavailable")._value.get() == 1
+    ws = await connect(http, service, f"?since=0&epoch={epoch}")  # the store is back
+    assert [(await receive_json(ws))["seq"] for _ in range(3)] == [1, 2, 3]
+
+
 async def test_serve_refuses_a_schema_newer_than_it_knows(
     backend: Backend, tmp_path: Path, sim: Simulator
 ) -> None:
@@ -248,3 +275,26 @@ async def test_serve_refuses_a_schema_newer_than_it_knows(
     assert lines[0].startswith(
         f"control-room: store error: database schema version {newer} is newer"
     )
+
+
+async def test_activities_held_back_by_a_store_outage_are_announced_once_it_recovers(
+    backend: Backend, make_service: ServiceFactory, sim: Simulator, http: aiohttp.ClientSession
+) -> None:
+    sim.activities_not_found_for = 0
+    done = sim.create(state="COMPLETED")["id"]
+    service = await make_service(**backend.service_settings())
+    ws = await connect(http, service, "?activities=1")
+    async with backend.unavailable():
+        sim.send_message(done, "Also add a changelog entry")
+        await poll(service)  # read, but the store refused the batch: nothing published
+        await nothing_more(ws)
+    await poll(service)
+    delta, activity = await receive_n(ws, 2)
+    assert (delta["type"], delta["after"]["state"]) == ("updated", "IN_PROGRESS")
+    assert (activity["type"], activity["seq"]) == ("activity", 1)
+    assert activity["activity"]["message"] == "Also add a changelog entry"
+    await poll(service)
+    await nothing_more(ws)  # read again after the outage, announced once
+    await service.stop()
+    again = await make_service(**backend.service_settings())
+    assert again.broker.position.activities_seq == 1  # the activities channel persisted

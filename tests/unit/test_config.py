@@ -23,6 +23,7 @@ def test_defaults_match_the_documented_table() -> None:
     assert (s.log_level, s.log_format) == ("info", "json")
     assert s.history_size == 10_000
     assert s.delta_retention == 7 * 86400
+    assert (s.full_listing_interval, s.stall_after) == (60.0, 900.0)
     assert not s.persist
 
 
@@ -47,6 +48,8 @@ def test_missing_required_variable_is_named(missing: str) -> None:
         ("JULES_API_BASE", "ftp://example"),
         ("PERSIST", "maybe"),
         ("DELTA_RETENTION", "a week"),
+        ("FULL_LISTING_INTERVAL", "0"),
+        ("STALL_AFTER", "soon"),
         ("NOTIFY_WEBHOOK", "http://ok.example/hook,file:///etc/passwd"),
         ("DATABASE_URL", "mysql://localhost/db"),
     ],
@@ -71,8 +74,18 @@ def test_dotenv_is_read_and_the_environment_wins(tmp_path: Path) -> None:
 
 
 def test_durations_accept_units() -> None:
-    s = load({**REQUIRED, "DELTA_RETENTION": "12h", "NOTIFY_MAX_AGE": "90m"}, dotenv=None)
+    s = load(
+        {
+            **REQUIRED,
+            "DELTA_RETENTION": "12h",
+            "NOTIFY_MAX_AGE": "90m",
+            "FULL_LISTING_INTERVAL": "2m",
+            "STALL_AFTER": "30m",
+        },
+        dotenv=None,
+    )
     assert (s.delta_retention, s.notify_max_age) == (12 * 3600, 90 * 60)
+    assert (s.full_listing_interval, s.stall_after) == (120, 30 * 60)
 
 
 def test_every_problem_is_reported_at_once() -> None:

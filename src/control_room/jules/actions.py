@@ -23,6 +23,7 @@ from control_room.jules.client import (
     where,
 )
 from control_room.jules.mapping import map_session
+from control_room.jules.requests import RequestCounter, RequestKind
 from control_room.jules.types import session_decoder
 from control_room.messages import CreateSession
 from control_room.models import JulesSession
@@ -105,8 +106,15 @@ def create_body(request: CreateSession) -> dict[str, object]:
 class JulesActions:
     """Sends commands to Jules with the shared aiohttp session; the key is read per call."""
 
-    def __init__(self, http: aiohttp.ClientSession, base_url: str, key: Key) -> None:
+    def __init__(
+        self,
+        http: aiohttp.ClientSession,
+        base_url: str,
+        key: Key,
+        requests: RequestCounter | None = None,
+    ) -> None:
         self._http = http
+        self._requests = requests if requests is not None else RequestCounter()
         self._base = base_url.rstrip("/")
         self._key = key_reader(key)
         self.where = where(base_url)
@@ -116,10 +124,12 @@ class JulesActions:
         self,
         method: str,
         path: str,
+        request: RequestKind,
         body: dict[str, object] | None = None,
         params: dict[str, str] | None = None,
     ) -> bytes:
         url = self._base + path
+        self._requests.count(request)
         headers = {"X-Goog-Api-Key": self._key(), "Accept": "application/json"}
         try:
             async with self._http.request(
@@ -150,15 +160,17 @@ class JulesActions:
 
     async def approve_plan(self, session_id: str) -> None:
         """`POST /sessions/{id}:approvePlan`."""
-        await self._call("POST", self._path(session_id, ":approvePlan"))
+        await self._call("POST", self._path(session_id, ":approvePlan"), "approve")
 
     async def send_message(self, session_id: str, prompt: str) -> None:
         """`POST /sessions/{id}:sendMessage` with `{"prompt"}`."""
-        await self._call("POST", self._path(session_id, ":sendMessage"), {"prompt": prompt})
+        await self._call(
+            "POST", self._path(session_id, ":sendMessage"), "message", {"prompt": prompt}
+        )
 
     async def create_session(self, request: CreateSession) -> JulesSession:
         """`POST /sessions`; the new session, mapped."""
-        data = await self._call("POST", "/sessions", create_body(request))
+        data = await self._call("POST", "/sessions", "create", create_body(request))
         try:
             session = session_decoder.decode(data)
         except msgspec.MsgspecError as exc:
@@ -169,15 +181,15 @@ class JulesActions:
 
     async def archive_session(self, session_id: str) -> None:
         """`POST /sessions/{id}:archive`."""
-        await self._call("POST", self._path(session_id, ":archive"))
+        await self._call("POST", self._path(session_id, ":archive"), "archive")
 
     async def unarchive_session(self, session_id: str) -> None:
         """`POST /sessions/{id}:unarchive`."""
-        await self._call("POST", self._path(session_id, ":unarchive"))
+        await self._call("POST", self._path(session_id, ":unarchive"), "unarchive")
 
     async def delete_session(self, session_id: str) -> None:
         """`DELETE /sessions/{id}`."""
-        await self._call("DELETE", self._path(session_id))
+        await self._call("DELETE", self._path(session_id), "delete")
 
     async def list_sources(self) -> list[Source]:
         """Every source (`GET /sources`, all pages)."""
@@ -187,7 +199,7 @@ class JulesActions:
             params = {"pageSize": str(SOURCES_PAGE_SIZE)}
             if token:
                 params["pageToken"] = token
-            data = await self._call("GET", "/sources", params=params)
+            data = await self._call("GET", "/sources", "list_sources", params=params)
             try:
                 page = _sources_decoder.decode(data)
             except msgspec.MsgspecError as exc:

@@ -7,6 +7,7 @@ unknown kinds are kept by their name, and unknown fields are ignored.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Final
 
 import msgspec
@@ -131,10 +132,29 @@ class ListActivitiesResponse(msgspec.Struct, frozen=True):
     nextPageToken: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ActivityListing:
+    """A session's activities as read from Jules, oldest first, each decoded on its own.
+
+    `bad` says why each unusable activity was skipped (one bad activity does not cost the
+    others); `newest_time` is the `createTime` of the newest activity listed, usable or
+    not, when it could be read: the bound of the next `filter=create_time>`.
+    """
+
+    activities: list[Activity]
+    bad: list[str] = field(default_factory=list)
+    newest_time: str | None = None
+
+
 class BadActivity(ValueError):
     """An activity that cannot be decoded or lacks an id; the message says why."""
 
 
+class _CreateTime(msgspec.Struct, frozen=True):
+    createTime: str | None = None
+
+
+_create_time_decoder: Final = msgspec.json.Decoder(_CreateTime)
 _keys_decoder: Final = msgspec.json.Decoder(dict[str, msgspec.Raw])
 _activity_decoder: Final = msgspec.json.Decoder(RawActivity)
 list_activities_decoder: Final = msgspec.json.Decoder(ListActivitiesResponse)
@@ -144,6 +164,14 @@ def _cut(text: str | None, limit: int = MESSAGE_LIMIT) -> str | None:
     if text is None:
         return None
     return text if len(text) <= limit else text[:limit]
+
+
+def create_time_of(body: bytes | msgspec.Raw) -> str | None:
+    """The `createTime` of a raw activity, even one that does not map; None if unreadable."""
+    try:
+        return _create_time_decoder.decode(body).createTime or None
+    except msgspec.MsgspecError:
+        return None
 
 
 def kind_of(keys: dict[str, msgspec.Raw]) -> str:

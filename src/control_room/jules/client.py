@@ -16,6 +16,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, TypeVar
+from urllib.parse import quote
 
 import aiohttp
 import msgspec
@@ -23,6 +24,22 @@ from yarl import URL
 
 from control_room import logging as logs
 from control_room.backoff import backoff_delay, parse_retry_after
+from control_room.jules.activities import (
+    ActivityListing,
+    BadActivity,
+    create_time_of,
+    decode_activity,
+    list_activities_decoder,
+)
+from control_room.jules.requests import (
+    GET_ACTIVITY,
+    GET_SESSION,
+    LIST_ACTIVITIES,
+    LIST_FIRST_PAGE,
+    LIST_NEXT_PAGE,
+    RequestCounter,
+    RequestKind,
+)
 from control_room.jules.types import (
     ErrorEnvelope,
     ListSessionsResponse,
@@ -30,6 +47,7 @@ from control_room.jules.types import (
     Session,
     session_decoder,
 )
+from control_room.models import Activity
 from control_room.secret import SecretSource
 
 PAGE_SIZE: Final = 100  # the API's maximum: fewest round trips per listing
@@ -47,12 +65,16 @@ MAX_RESPONSE_BYTES: Final = 32 * 1024 * 1024
 reading it whole could exhaust memory."""
 READ_CHUNK_BYTES: Final = 64 * 1024
 NOT_FOUND: Final = "NOT_FOUND"
+ACTIVITY_PAGE_SIZE: Final = 100  # the API's maximum: a whole timeline is usually one page
+MAX_ACTIVITY_PAGES: Final = 100
+"""10,000 activities: ten times the longest real sessions; stops a token loop."""
 
 log = logs.get("jules")
 T = TypeVar("T")
 
 _list_decoder: Final = msgspec.json.Decoder(ListSessionsResponse)
 _error_decoder: Final = msgspec.json.Decoder(ErrorEnvelope)
+_raw_decoder: Final = msgspec.json.Decoder(msgspec.Raw)
 
 
 class UpstreamError(Exception):
@@ -145,6 +167,16 @@ def _os_reason(exc: OSError) -> str:
     return (exc.strerror or str(exc) or type(exc).__name__).lower()
 
 
+@dataclass(frozen=True, slots=True)
+class FirstPage:
+    """The first page of the listing (the newest sessions) and whether more pages follow.
+
+    Without more pages it *is* a complete listing."""
+
+    sessions: list[RawSession]
+    more: bool
+
+
 Key = str | SecretSource[str]
 """The API key, or a source of it that may change while the service runs."""
 
@@ -176,8 +208,10 @@ class JulesClient:
         api_key: Key,
         *,
         retry: RequestPolicy | None = None,
+        requests: RequestCounter | None = None,
     ) -> None:
         self._http = http
+        self.requests = requests if requests is not None else RequestCounter()
         self._base = base_url.rstrip("/")
         self.where = where(base_url)
         self._key = key_reader(api_key)
@@ -200,7 +234,8 @@ class JulesClient:
             params = {"pageSize": str(PAGE_SIZE)}
             if token:
                 params["pageToken"] = token
-            page = await self._get("/sessions", params, _list_decoder)
+            kind: RequestKind = LIST_NEXT_PAGE if token else LIST_FIRST_PAGE
+            page = await self._get("/sessions", params, _list_decoder, kind)
             entries = page.sessions or ()
             oversized = oversized or len(entries) > PAGE_SIZE
             sessions.extend(entries)
@@ -226,6 +261,71 @@ class JulesClient:
             "bad_response", f"the listing from {self.where} ran past {MAX_PAGES} pages"
         )
 
+    async def list_first_page(self) -> FirstPage:
+        """The first page of the listing only (`pageSize=100`, newest first); UpstreamError.
+
+        The poller's cheap look at the newest sessions between complete listings.
+        """
+        page = await self._get(
+            "/sessions", {"pageSize": str(PAGE_SIZE)}, _list_decoder, LIST_FIRST_PAGE
+        )
+        return FirstPage(list(page.sessions or ()), bool(page.nextPageToken))
+
+    async def list_activities(self, session_id: str, after: str | None) -> ActivityListing | None:
+        """The session's activities, oldest first, every page; only those created after
+        `after` (RFC 3339, exclusive) when it is given.
+
+        None when the API answers 404 NOT_FOUND: right after a session is created that is
+        transient (the caller decides how long to believe so). An activity that does not
+        decode is skipped and named in `bad`. UpstreamError for every other failure, and
+        for paging that loops or runs past MAX_ACTIVITY_PAGES.
+        """
+        path = f"/sessions/{quote(session_id, safe='')}/activities"
+        params = {"pageSize": str(ACTIVITY_PAGE_SIZE)}
+        if after is not None:
+            params["filter"] = f'create_time>"{after}"'
+        activities: list[Activity] = []
+        bad: list[str] = []
+        newest: str | None = None
+        seen_tokens: set[str] = set()
+        for _ in range(MAX_ACTIVITY_PAGES):
+            try:
+                page = await self._get(path, params, list_activities_decoder, LIST_ACTIVITIES)
+            except UpstreamError as exc:
+                if exc.status == 404 and exc.api_status == NOT_FOUND:
+                    return None
+                raise
+            for raw in page.activities or ():
+                newest = create_time_of(raw) or newest
+                try:
+                    activities.append(decode_activity(raw, session_id))
+                except BadActivity as why:
+                    bad.append(str(why))
+            token = page.nextPageToken or ""
+            if not token:
+                return ActivityListing(activities, bad, newest)
+            if token in seen_tokens:
+                raise UpstreamError(
+                    "bad_response", f"the activities of {session_id} on {self.where} loop"
+                )
+            seen_tokens.add(token)
+            params["pageToken"] = token
+        raise UpstreamError(
+            "bad_response",
+            f"the activities of {session_id} on {self.where} ran past {MAX_ACTIVITY_PAGES} pages",
+        )
+
+    async def get_activity(self, session_id: str, activity_id: str) -> msgspec.Raw | None:
+        """One activity exactly as sent (whole patches and media included); None on 404
+        NOT_FOUND; UpstreamError otherwise."""
+        path = f"/sessions/{quote(session_id, safe='')}/activities/{quote(activity_id, safe='')}"
+        try:
+            return await self._get(path, {}, _raw_decoder, GET_ACTIVITY)
+        except UpstreamError as exc:
+            if exc.status == 404 and exc.api_status == NOT_FOUND:
+                return None
+            raise
+
     def _note_oversized(self, oversized: bool) -> None:
         if oversized and not self._oversized_pages:
             log.warning(
@@ -245,7 +345,7 @@ class JulesClient:
         """
         path = f"/sessions/{session_id}"
         try:
-            session = await self._get(path, {}, session_decoder)
+            session = await self._get(path, {}, session_decoder, GET_SESSION)
         except UpstreamError as exc:
             if exc.status == 404 and exc.api_status == NOT_FOUND:
                 return None
@@ -264,12 +364,21 @@ class JulesClient:
             )
         return session
 
-    async def _get(self, path: str, params: dict[str, str], decoder: msgspec.json.Decoder[T]) -> T:
-        """GET and decode, retrying transient failures (a garbled body is one of them)."""
+    async def _get(
+        self,
+        path: str,
+        params: dict[str, str],
+        decoder: msgspec.json.Decoder[T],
+        kind: RequestKind,
+    ) -> T:
+        """GET and decode, retrying transient failures (a garbled body is one of them).
+
+        Each attempt is counted as a request of `kind`."""
         attempt = 0
         while True:
             attempt += 1
             try:
+                self.requests.count(kind)
                 body = await self._get_once(path, params)
                 try:
                     return decoder.decode(body)

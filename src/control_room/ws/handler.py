@@ -13,7 +13,15 @@ from aiohttp import hdrs, web
 
 from control_room import logging as logs
 from control_room.auth import MSGPACK_PROTOCOL, WebSocketAuth
-from control_room.broker.base import ACTIVITIES, SESSIONS, Broker, Channel, Entry, HistoryGone
+from control_room.broker.base import (
+    ACTIVITIES,
+    SESSIONS,
+    Broker,
+    BrokerUnavailable,
+    Channel,
+    Entry,
+    HistoryGone,
+)
 from control_room.commands import Caller, Commands, error_result
 from control_room.messages import (
     BadMessage,
@@ -30,6 +38,7 @@ from control_room.responses import json_error, not_ready
 from control_room.server.guard import Guard
 from control_room.server.http import FrontHandler
 from control_room.state import State
+from control_room.store.base import StoreError
 from control_room.tasks import cancel_and_wait
 from control_room.views import BadFilter, View
 from control_room.ws.connection import Connection
@@ -68,6 +77,7 @@ MAX_COMMANDS_IN_FLIGHT: Final = 8
 (each can take up to the upstream's timeout, and each holds a slot of the Jules client)."""
 POLICY_VIOLATION: Final = 1008
 INTERNAL_ERROR: Final = 1011
+TRY_AGAIN_LATER: Final = 1013
 
 log = logs.get("ws")
 
@@ -385,6 +395,17 @@ class WebSocketEndpoint:
                 position = self._broker.position
                 # Live events after the reset's position follow; the client reloads the rest.
                 conn.release({SESSIONS: position.seq, ACTIVITIES: position.activities_seq})
+                return
+            except (StoreError, BrokerUnavailable) as exc:
+                # Not gone, just unreachable for now (the store, or Redis): the client
+                # reconnects later and is replayed then; nothing is skipped.
+                log.warning(
+                    "History unavailable for a resume; asked the client to retry",
+                    extra={"clientId": conn.id, "error": str(exc)},
+                )
+                conn.close(
+                    close_frame(TRY_AGAIN_LATER, "history unavailable"), "history_unavailable"
+                )
                 return
             last = await self._write_history(conn, entries, since)
             if last is None:

@@ -188,8 +188,14 @@ class Hub:
             )
         return sum(closed.values())
 
-    def close_all(self, code: int = GOING_AWAY, reason: str = "server shutting down") -> None:
-        """Say goodbye to every client with a close frame (1001 on shutdown)."""
+    def close_all(
+        self,
+        code: int = GOING_AWAY,
+        reason: str = "server shutting down",
+        label: str = "shutdown",
+    ) -> None:
+        """Say goodbye to every client with a close frame (1001 on shutdown); `label` is
+        the close reason counted in metrics and logs."""
         frame = close_frame(code, reason)
         for conn in list(self.connections.values()):
-            conn.close(frame, "shutdown")
+            conn.close(frame, label)
