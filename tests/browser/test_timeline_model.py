@@ -74,6 +74,34 @@ for (const read of reads.slice(4, 7)) read.resolve(page([]));
 await settle();
 out.startedLater = reads.slice(7).map((read) => read.id);
 
+// Read whole but without the plan its state implies (Jules' transient 404 right after a
+// session began reads as "none yet"): read again, later, a few times at most.
+const realTimeout = globalThis.setTimeout;
+const delays = [];
+globalThis.setTimeout = (run, ms) => {
+  delays.push(ms);
+  realTimeout(run, 0);
+  return delays.length;
+};
+t.watch('new');
+reads.at(-1).resolve(page([]));
+await settle();
+for (let round = 0; round < 5; round += 1) {
+  t.expect('new', 'planGenerated');
+  await settle();
+  if (t.get('new').loading) reads.at(-1).resolve(page([]));
+  await settle();
+}
+out.rereadDelays = delays.filter((ms) => ms > 0);
+t.expect('found', 'planGenerated'); // a timeline never read is not reread by `expect`
+globalThis.setTimeout = realTimeout;
+t.watch('plan');
+reads.at(-1).resolve(page([{ id: 'p', kind: 'planGenerated', createdAt: at('03') }]));
+await settle();
+const before = reads.length;
+t.expect('plan', 'planGenerated');
+out.rereadWhenFound = reads.length - before;
+
 out.duration = [45_000, 23 * 60_000, 65 * 60_000, 49 * 3600_000].map(duration);
 out.stall = stallText('2026-01-01T10:00:00Z', Date.UTC(2026, 0, 1, 10, 23, 30));
 out.refused = commandError({ code: 'failed_precondition', message: 'Session is IN_PROGRESS' });
@@ -107,6 +135,8 @@ async def test_timelines_merge_reads_and_live_activities_and_reread_after_a_loss
     assert found["error"] == "upstream_unavailable"
     assert found["retryWaits"] is True
     assert found["startedLater"] == ["y", "u"]  # in turn
+    assert found["rereadDelays"] == [1000, 2000, 4000]
+    assert found["rereadWhenFound"] == 0
     assert found["duration"] == ["45 s", "23 min", "1 h 5 min", "2 d"]
     assert found["stall"] == "no activity for 23 min"
     assert found["refused"] == (

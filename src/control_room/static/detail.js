@@ -231,6 +231,10 @@ export class SessionDetail {
     const asking = session?.state === 'AWAITING_USER_FEEDBACK';
     const timeline = this.#timelines.get(this.#id);
     const question = asking && timeline ? lastAgentMessage(timeline.list) : null;
+    if (asking) this.#timelines.expect(this.#id, 'agentMessaged');
+    else if (session?.state === 'AWAITING_PLAN_APPROVAL') {
+      this.#timelines.expect(this.#id, 'planGenerated');
+    }
     const block = $('detail-question');
     block.hidden = !asking;
     setText(

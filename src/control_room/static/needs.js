@@ -214,6 +214,7 @@ export class NeedsYou {
 
     const timeline = this.#timelines.get(session.id);
     const kind = session.state === 'AWAITING_PLAN_APPROVAL' ? 'plan' : 'question';
+    this.#timelines.expect(session.id, kind === 'plan' ? 'planGenerated' : 'agentMessaged');
     if (kind === 'plan') {
       const plan = timeline ? latestPlan(timeline.list)?.plan : null;
       const key = plan ? `plan:${plan.id}` : `plan-wait:${loadingText(timeline, 'plan')}`;

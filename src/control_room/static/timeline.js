@@ -16,6 +16,10 @@ const TIMELINES_MAX = 200;
 const ACTIVITIES_PER_TIMELINE_MAX = 5000;
 // Timelines read at once: a "Needs you" list of 30 sessions does not fire 30 requests.
 const LOADS_IN_FLIGHT_MAX = 3;
+// A timeline read just after a session began can be empty although the session already
+// waits on its plan (Jules answers 404 for its activities for a moment, which reads as
+// "none yet"). Such a timeline is read again after 1, 2 and 4 s, then left to live updates.
+const REREAD_DELAYS_MS = [1000, 2000, 4000];
 
 function newEntry(sessionId) {
   return {
@@ -27,6 +31,8 @@ function newEntry(sessionId) {
     error: null, // {code, message, status} of the last failed read
     truncated: false,
     generation: 0, // bumped when activities may have been lost: an older read is not whole
+    rereads: 0, // rereads asked by `expect` so far
+    rereadTimer: 0,
   };
 }
 
@@ -110,6 +116,26 @@ export class Timelines {
     this.#queue.push(sessionId);
     this.#changed(sessionId);
     this.#pump();
+  }
+
+  /**
+   * The session's state says an activity of `kind` must exist (a plan while it awaits
+   * approval, a question while it awaits an answer): if a whole read found none, read
+   * again a little later, a few times at most.
+   */
+  expect(sessionId, kind) {
+    const entry = this.#entries.get(sessionId);
+    if (!entry || !entry.complete || entry.rereadTimer) return;
+    if (entry.list.some((activity) => activity.kind === kind)) return;
+    const delay = REREAD_DELAYS_MS[entry.rereads];
+    if (delay === undefined) return;
+    entry.rereads += 1;
+    entry.rereadTimer = setTimeout(() => {
+      entry.rereadTimer = 0;
+      if (this.#entries.get(sessionId) !== entry || entry.list.some((a) => a.kind === kind)) return;
+      entry.complete = false;
+      this.ensure(sessionId, { retry: true });
+    }, delay);
   }
 
   /** Activities may have been missed: nothing held is whole any more; reread what is used. */
