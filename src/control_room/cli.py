@@ -1,4 +1,5 @@
-"""The `control-room` command: serve, demo, simulate, watch, sessions."""
+"""The `control-room` command: serve, demo, simulate; watch, sessions, show and the session
+controls (approve, message, new, archive, unarchive, delete, sources)."""
 
 from __future__ import annotations
 
@@ -289,12 +290,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """`watch` and `sessions` live in their own module; absent, they are simply not offered."""
-    try:
-        watch = importlib.import_module("control_room.watch")
-    except ImportError:
-        return
-    watch.add_commands(sub)
+    """The client commands live in their own modules (`watch` and `sessions`; the session
+    controls); absent, they are simply not offered."""
+    for name in ("control_room.watch", "control_room.controls"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            return
+        module.add_commands(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,4 +1,5 @@
-"""Pure terminal formatting for `watch` and `sessions`: one line per delta, aligned tables.
+"""Pure terminal formatting for the terminal commands: one line per delta or activity,
+aligned tables, a session's timeline.
 
 Nothing here does I/O: every function takes what it shows (and the time, the time zone,
 whether to colour) as arguments, so the output is tested as plain strings.
@@ -12,7 +13,7 @@ from datetime import UTC, datetime, tzinfo
 from typing import Final
 
 from control_room import rfc3339
-from control_room.models import JulesSession, PullRequest, SessionDelta
+from control_room.models import Activity, JulesSession, Plan, PullRequest, SessionDelta
 
 REPO_WIDTH: Final = 22  # fits `owner/repository` for most names; longer ones end with …
 TITLE_WIDTH: Final = 48  # a title is a glance, not a read; the table gives the rest
@@ -281,3 +282,228 @@ def poll_summary(
     stamp = now.astimezone(tz).strftime("%H:%M:%S")
     state = f"{_count(sessions, 'session')}, {_count(clients, 'client')}"
     return f"{stamp}  {_count(total, 'change')}: {parts}  ({state})"
+
+
+# -- activities and a session's timeline (`watch --activities`, `show`) -------------------
+
+PLAN_PREVIEW_STEPS: Final = 3  # a plan in a watch line: its first steps say what it is about
+MESSAGE_WIDTH: Final = 160  # a message in a watch line; `show` prints it whole
+FILES_SHOWN: Final = 3  # files of a change set named in a line; the count says the rest
+INDENT: Final = " " * 20  # `HH:MM:SS  label     `: where a timeline entry's text starts
+
+ACTIVITY_LABEL: Final = {
+    "planGenerated": "plan",
+    "planApproved": "plan ok",
+    "agentMessaged": "agent",
+    "userMessaged": "user",
+    "progressUpdated": "step",
+    "sessionCompleted": "done",
+    "sessionFailed": "failed",
+}
+"""A kind's label, at most 7 characters so activity lines align with delta lines."""
+QUESTION_LABEL: Final = "asks"
+ACTIVITY_STYLE: Final = {
+    "planGenerated": YELLOW,
+    "planApproved": GREEN,
+    "sessionCompleted": GREEN,
+    "sessionFailed": RED,
+    QUESTION_LABEL: YELLOW,
+}
+ACTIVITY_MARK: Final = "*"
+QUESTION_MARK: Final = "?"
+WAITING_STATES: Final = ("AWAITING_PLAN_APPROVAL", "AWAITING_USER_FEEDBACK")
+"""The states in which a session waits for its user ("needs you")."""
+
+
+def is_question(activity: Activity, session_state: str | None) -> bool:
+    """Whether an activity is the agent asking something: an agent message while its session
+    awaits feedback, or one that ends with a question mark."""
+    if activity.kind != "agentMessaged" or not activity.message:
+        return False
+    return session_state == "AWAITING_USER_FEEDBACK" or activity.message.rstrip().endswith("?")
+
+
+def first_line(text: str, width: int = MESSAGE_WIDTH) -> str:
+    """The first non-blank line of `text`, cut to `width`; … when anything was left out."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    if not lines:
+        return ""
+    head = lines[0]
+    if len(lines) > 1 and len(head) < width:
+        head += " " + ELLIPSIS
+    return truncate(head, width)
+
+
+def plan_preview(plan: Plan, steps: int = PLAN_PREVIEW_STEPS) -> str:
+    """`3 steps: 1. Reproduce the flaky run; 2. Find the race; 3. Await the cookie`."""
+    count = len(plan.steps)
+    shown = [f"{s.index + 1}. {s.title}" for s in plan.steps[:steps]]
+    if count > steps:
+        shown.append(ELLIPSIS)
+    noun = "step" if count == 1 else "steps"
+    return f"{count} {noun}: " + "; ".join(shown) if shown else "an empty plan"
+
+
+def artifact_summaries(activity: Activity) -> list[str]:
+    """One phrase per artifact: files changed, a command run, media."""
+    out: list[str] = []
+    for artifact in activity.artifacts:
+        if artifact.changeSet is not None:
+            files = artifact.changeSet.files
+            added = sum(f.added for f in files)
+            removed = sum(f.removed for f in files)
+            noun = "file" if len(files) == 1 else "files"
+            names = ", ".join(f.path for f in files[:FILES_SHOWN])
+            more = f", {ELLIPSIS}" if len(files) > FILES_SHOWN else ""
+            out.append(f"{len(files)} {noun} changed (+{added} −{removed}): {names}{more}")
+        if artifact.bashOutput is not None:
+            bash = artifact.bashOutput
+            code = "" if bash.exitCode is None else f" (exit {bash.exitCode})"
+            out.append(f"$ {first_line(bash.command, 80)}{code}")
+        if artifact.media is not None:
+            out.append(f"{artifact.media.mimeType}, {artifact.media.size:,} bytes")
+    return out
+
+
+def activity_text(activity: Activity) -> str:
+    """What an activity says, on one line (no colour): the plan's first steps, the message,
+    the progress, the failure reason."""
+    kind = activity.kind
+    if kind == "planGenerated":
+        text = plan_preview(activity.plan) if activity.plan is not None else "a plan"
+    elif kind == "planApproved":
+        text = "plan approved" + (" by the user" if activity.originator == "user" else "")
+    elif kind in ("agentMessaged", "userMessaged"):
+        text = first_line(activity.message or "")
+    elif kind == "progressUpdated":
+        parts = [p for p in (activity.title, activity.description) if p]
+        text = first_line(" — ".join(parts)) if parts else "progress"
+    elif kind == "sessionCompleted":
+        text = "session completed"
+    elif kind == "sessionFailed":
+        text = "session failed" + (f": {first_line(activity.reason)}" if activity.reason else "")
+    else:
+        text = first_line(activity.description or activity.message or activity.title or kind)
+    return SEP.join([text, *artifact_summaries(activity)]) if text else text
+
+
+def _activity_head(activity: Activity, question: bool, color: bool, tz: tzinfo | None) -> str:
+    """`14:03:07  * plan   ` (or `? asks   ` for a question), coloured by what it asks."""
+    style: str | None
+    if question:
+        mark, name, style = QUESTION_MARK, QUESTION_LABEL, ACTIVITY_STYLE[QUESTION_LABEL]
+    else:
+        kind = activity.kind
+        mark, name = ACTIVITY_MARK, ACTIVITY_LABEL.get(kind, "other")
+        style = ACTIVITY_STYLE.get(kind, MAGENTA if kind not in ACTIVITY_LABEL else None)
+    tag = paint(f"{mark} {name:<7}", style, color)
+    return f"{paint(clock(activity.createdAt, tz), DIM, color)}  {tag}"
+
+
+def format_activity(
+    activity: Activity,
+    session: JulesSession | None,
+    color: bool = False,
+    tz: tzinfo | None = None,
+) -> str:
+    """One `watch --activities` line: `14:03:07  * plan     acme/api  Fix login · 3 steps: …`.
+
+    `session` (the activity's session as last seen, if known) gives the repository and the
+    title, and tells a question (the agent asking while the session awaits feedback), which
+    is marked `? asks` and highlighted.
+    """
+    question = is_question(activity, session.state if session is not None else None)
+    head = _activity_head(activity, question, color, tz)
+    repo = session.repository if session is not None else ""
+    repo_cell = paint(truncate(repo, REPO_WIDTH).ljust(REPO_WIDTH), BOLD, color)
+    name = truncate(label(session), TITLE_WIDTH) if session is not None else activity.sessionId
+    text = activity_text(activity)
+    if question:
+        text = paint(text, f"{BOLD};{YELLOW}", color)
+    return f"{head}  {repo_cell}  {name}{SEP}{text}"
+
+
+def session_header(session: JulesSession, now: datetime, color: bool = False) -> list[str]:
+    """What `show` prints above the timeline: title, where, state, links."""
+    lines = [paint(label(session), BOLD, color)]
+    where = SEP.join(p for p in (session.repository, session.branch) if p) or "no repository"
+    lines.append(
+        f"  {where}{SEP}{state(session.state, color)}"
+        f" (plan {session.planStatus}, approval {session.approval.state})"
+    )
+    lines.append(f"  {session.url}")
+    if session.pullRequest is not None:
+        pr = session.pullRequest
+        lines.append(f"  pull request {pull_request_number(pr)} {pr.url}  {pr.title}")
+    if session.stalledSince is not None:
+        lines.append(
+            "  " + paint(f"stalled: last activity {ago(session.stalledSince, now)}", RED, color)
+        )
+    lines.append(
+        f"  {paint(f'id {session.id}', DIM, color)}{SEP}created {ago(session.createdAt, now)}"
+        f"{SEP}updated {ago(session.updatedAt, now)}"
+    )
+    return lines
+
+
+def _indented(text: str) -> list[str]:
+    return [INDENT + line.rstrip() if line.strip() else "" for line in text.strip().splitlines()]
+
+
+def timeline(
+    activities: Sequence[Activity],
+    session: JulesSession | None = None,
+    color: bool = False,
+    tz: tzinfo | None = None,
+) -> list[str]:
+    """A session's activities, oldest first, each with its whole text: the plan as numbered
+    steps, messages whole, progress, files changed, completion or failure.
+
+    The last agent message of a session awaiting feedback is the question it waits on:
+    marked and highlighted.
+    """
+    waiting_on = None
+    if session is not None and session.state == "AWAITING_USER_FEEDBACK":
+        asked = [a for a in activities if a.kind == "agentMessaged"]
+        waiting_on = asked[-1].id if asked else None
+    lines: list[str] = []
+    for activity in activities:
+        question = activity.id == waiting_on or is_question(activity, None)
+        head = _activity_head(activity, question, color, tz)
+        body = _entry_body(activity, question, color)
+        lines.append(f"{head}  {body[0].lstrip()}" if body else head)
+        lines.extend(body[1:])
+    return lines
+
+
+def _entry_body(activity: Activity, question: bool, color: bool) -> list[str]:
+    """A timeline entry's lines, indented to INDENT (the first one is put after the head)."""
+    kind = activity.kind
+    body: list[str] = []
+    if kind == "planGenerated" and activity.plan is not None:
+        steps = activity.plan.steps
+        body.append(INDENT + f"plan of {len(steps)} step{'s' if len(steps) != 1 else ''}:")
+        for step in steps:
+            body.append(INDENT + f"{step.index + 1:>2}. {step.title}")
+            if step.description:
+                body.extend("    " + line for line in _indented(step.description))
+    elif kind in ("agentMessaged", "userMessaged") and activity.message:
+        text = _indented(activity.message)
+        body.extend(paint(line, f"{BOLD};{YELLOW}", color) if question else line for line in text)
+    elif kind == "progressUpdated":
+        body.append(INDENT + (activity.title or "progress"))
+        if activity.description and activity.description != activity.title:
+            body.extend(_indented(activity.description))
+    else:
+        body.append(INDENT + activity_text(activity).split(SEP)[0])
+    body.extend(INDENT + phrase for phrase in artifact_summaries(activity))
+    return body
+
+
+def waiting_hint(session: JulesSession, command: str = "control-room") -> str | None:
+    """What to run when the session waits for its user; None when it does not."""
+    if session.state == "AWAITING_PLAN_APPROVAL":
+        return f"Waiting for your approval of the plan: {command} approve {session.id}"
+    if session.state == "AWAITING_USER_FEEDBACK":
+        return f'Waiting for your answer: {command} message {session.id} "…"'
+    return None

@@ -1,12 +1,14 @@
-"""The terminal clients: `control-room watch` (live deltas) and `control-room sessions`.
+"""The terminal clients: `control-room watch` (live deltas and activities) and
+`control-room sessions`, and the plumbing every client command shares.
 
-Both are thin: `control_room.client` speaks the protocol, `control_room.render` formats.
+They are thin: `control_room.client` speaks the protocol, `control_room.render` formats.
 They find the service as the service finds its settings: `HOST`, `PORT` and `LOCAL_TOKEN`
 (or `LOCAL_TOKEN_FILE`) from the environment over a `.env` file in the working directory;
 `--url` and `--token` win over both.
 Exit codes: 0 on success and on Ctrl-C/SIGTERM, 1 when the service cannot be reached or is
 not ready (`sessions` only: `watch` keeps retrying), 2 for bad arguments, 3 when the token
-is rejected.
+is rejected (or, for commands, read-only), 4 when the service refuses a command (see
+`control_room.controls`).
 """
 
 from __future__ import annotations
@@ -35,13 +37,17 @@ from control_room.client import (
     ConnectionStatus,
     ControlRoomClient,
     ControlRoomError,
+    Encoding,
+    Message,
     NotReady,
     Reset,
     Snapshot,
     Unauthorized,
+    as_json,
 )
 from control_room.config import DEFAULT_PORT, read_dotenv
-from control_room.models import SessionDelta
+from control_room.messages import ActivityMessage
+from control_room.models import JulesSession, SessionDelta
 
 DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_URL: Final = f"http://{DEFAULT_HOST}:{DEFAULT_PORT}"
@@ -55,6 +61,7 @@ EXIT_OK: Final = 0
 EXIT_UNREACHABLE: Final = 1
 EXIT_USAGE: Final = 2
 EXIT_UNAUTHORIZED: Final = 3
+EXIT_REFUSED: Final = 4
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -142,7 +149,7 @@ def _seconds(text: str) -> float:
     return value
 
 
-def _connection_args(parser: argparse.ArgumentParser) -> None:
+def connection_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--url",
         default=None,
@@ -165,17 +172,51 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         help="print every session delta as it happens",
         description="Print one line per session delta, live; reconnects and resumes by itself.",
     )
-    _connection_args(watch)
+    connection_args(watch)
     watch.add_argument("--json", action="store_true", help="print the raw deltas, one per line")
     watch.add_argument("--since", type=_seq, metavar="SEQ", help="resume after this seq")
     watch.add_argument("--epoch", default=None, help="the epoch SEQ belongs to (with --since)")
+    watch.add_argument(
+        "--activities",
+        action="store_true",
+        help="also print what Jules does: plans, messages, progress, completion",
+    )
+    watch.add_argument(
+        "--activities-since",
+        type=_seq,
+        metavar="SEQ",
+        help="with --activities and --since: resume the activities after this seq",
+    )
+    watch.add_argument(
+        "--session",
+        action="append",
+        metavar="ID",
+        help="only this session (repeatable)",
+    )
+    watch.add_argument(
+        "--state",
+        action="append",
+        metavar="STATE",
+        help="only sessions in this state, e.g. AWAITING_PLAN_APPROVAL (repeatable)",
+    )
+    watch.add_argument(
+        "--repository",
+        action="append",
+        metavar="OWNER/REPO",
+        help="only sessions of this repository (repeatable)",
+    )
+    watch.add_argument(
+        "--msgpack",
+        action="store_true",
+        help="receive MessagePack frames instead of JSON (--json still prints JSON)",
+    )
     watch.set_defaults(func=cmd_watch)
     sessions = sub.add_parser(
         "sessions",
         help="print the current sessions as a table",
         description="Print every session the service knows, latest update first.",
     )
-    _connection_args(sessions)
+    connection_args(sessions)
     sessions.add_argument("--json", action="store_true", help="print the listing as JSON")
     sessions.add_argument(
         "--wait",
@@ -188,12 +229,12 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     sessions.set_defaults(func=cmd_sessions)
 
 
-def _fail(command: str, message: str, code: int) -> int:
+def fail(command: str, message: str, code: int) -> int:
     print(f"control-room {command}: {message}", file=sys.stderr, flush=True)
     return code
 
 
-def _resolve(command: str, args: argparse.Namespace) -> ServiceAddress | int:
+def resolve(command: str, args: argparse.Namespace) -> ServiceAddress | int:
     """`--url` and `--token`, else the service's own settings; or a usage error's exit code."""
     url, token = args.url, args.token
     if not (url and token):
@@ -202,9 +243,9 @@ def _resolve(command: str, args: argparse.Namespace) -> ServiceAddress | int:
             url = url or service_url(env)
             token = token or service_token(env)
         except BadEnvironment as exc:
-            return _fail(command, str(exc), EXIT_USAGE)
+            return fail(command, str(exc), EXIT_USAGE)
     if not token:
-        return _fail(
+        return fail(
             command,
             f"no token: pass --token, or set {TOKEN_ENV} (in the environment or .env)",
             EXIT_USAGE,
@@ -212,19 +253,20 @@ def _resolve(command: str, args: argparse.Namespace) -> ServiceAddress | int:
     return ServiceAddress(url, token)
 
 
-def _make_client(
+def make_client(
     command: str,
     address: ServiceAddress,
     on_status: Callable[[ConnectionStatus], None] | None,
+    encoding: Encoding = "json",
 ) -> ControlRoomClient | int:
     """The client for the address, or the exit code of a one-line usage error."""
     try:
-        return ControlRoomClient(address.url, address.token, on_status=on_status)
+        return ControlRoomClient(address.url, address.token, on_status=on_status, encoding=encoding)
     except ValueError as exc:
-        return _fail(command, str(exc), EXIT_USAGE)
+        return fail(command, str(exc), EXIT_USAGE)
 
 
-def _run_until_signal(main: Callable[[], Awaitable[int]]) -> int:
+def run_until_signal(main: Callable[[], Awaitable[int]]) -> int:
     """Run `main`; SIGINT or SIGTERM cancels it and the exit code is 0."""
 
     async def runner() -> int:
@@ -252,7 +294,7 @@ def _run_until_signal(main: Callable[[], Awaitable[int]]) -> int:
     return asyncio.run(runner())
 
 
-class _Out:
+class Out:
     """Line output that flushes each line (a pipe must see deltas as they come)."""
 
     def __init__(self, stream: TextIO) -> None:
@@ -265,7 +307,7 @@ class _Out:
         self.stream.flush()
 
 
-def _quiet_broken_pipe() -> int:
+def quiet_broken_pipe() -> int:
     """The reader went away (`| head`): stop quietly, as Unix tools do."""
     with contextlib.suppress(OSError):
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -276,24 +318,32 @@ def _quiet_broken_pipe() -> int:
 class _StatusPrinter:
     """Connection changes, one line each on stderr, so stdout stays deltas only."""
 
-    def __init__(self, url: str, color: bool) -> None:
+    def __init__(self, url: str, color: bool, view: str = "") -> None:
         self._url = url
+        self._view = view
         self._color = color
         self._ever_connected = False
         self._last_reason = ""
-        self._err = _Out(sys.stderr)
+        self._err = Out(sys.stderr)
 
     def __call__(self, status: ConnectionStatus) -> None:
         c = self._color
         if isinstance(status, Connected):
             pos = status.position
-            where = f"from seq {pos.seq} (epoch {pos.epoch})" if pos is not None else "at start"
+            where = f"from seq {pos.seq} (epoch {pos.epoch})" if pos is not None else "from now"
+            if pos is not None and pos.activities_seq:
+                where = (
+                    f"from seq {pos.seq}, activities seq {pos.activities_seq} (epoch {pos.epoch})"
+                )
             if self._ever_connected or status.attempt:
                 text = render.paint(
                     f"reconnected to {self._url}; resuming {where}", render.GREEN, c
                 )
             else:
-                text = render.paint(f"watching {self._url}, {where}; Ctrl-C to stop", render.DIM, c)
+                view = f"; {self._view}" if self._view else ""
+                text = render.paint(
+                    f"watching {self._url}, {where}{view}; Ctrl-C to stop", render.DIM, c
+                )
             self._ever_connected = True
             self._last_reason = ""
         else:
@@ -309,57 +359,139 @@ class _StatusPrinter:
         self._err.line(text)
 
 
-def cmd_watch(args: argparse.Namespace) -> int:
-    """`control-room watch`: one line per delta (or raw JSON), until Ctrl-C."""
+def describe_view(args: argparse.Namespace) -> str:
+    """The watched view in words, for the first status line; "" for every session."""
+    parts = []
+    if args.session:
+        parts.append("session " + ", ".join(args.session))
+    if args.repository:
+        parts.append("repository " + ", ".join(args.repository))
+    if args.state:
+        parts.append("state " + ", ".join(args.state))
+    if args.activities:
+        parts.append("with activities")
+    return "; ".join(parts)
+
+
+def _watch_usage(args: argparse.Namespace) -> str | None:
+    """What is wrong with a combination of watch's flags, if anything."""
     if args.epoch is not None and args.since is None:
-        return _fail("watch", "--epoch needs --since", EXIT_USAGE)
-    address = _resolve("watch", args)
+        return "--epoch needs --since"
+    if args.activities_since is not None and (args.since is None or not args.activities):
+        return "--activities-since needs --since and --activities"
+    if args.activities and args.since is not None and args.activities_since is None:
+        return "--since with --activities needs --activities-since (the activities' position)"
+    return None
+
+
+class _EventPrinter:
+    """`watch`'s stdout: a line per delta and activity (or the raw JSON), in order.
+
+    Activities name only their session: their lines take its repository and title (and
+    whether the agent is asking a question) from a picture of the sessions, which a snapshot
+    fills and the deltas keep; a reset reloads it.
+    """
+
+    def __init__(
+        self, client: ControlRoomClient, out: Out, color: bool, raw: bool, activities: bool
+    ) -> None:
+        self._client = client
+        self._out = out
+        self._color = color
+        self._raw = raw
+        self._activities = activities
+        self.sessions: dict[str, JulesSession] = {}
+
+    async def reload(self) -> None:
+        """The picture from `GET /api/sessions` (kept as is when that fails)."""
+        with contextlib.suppress(ControlRoomError):
+            listing = await self._client.sessions(wait_ready=0)
+            self.sessions = {s.id: s for s in listing.sessions}
+
+    async def show(self, message: Message) -> None:
+        event, color = message.event, self._color
+        if isinstance(event, Snapshot):  # asked for only to name the sessions
+            self.sessions = {s.id: s for s in event.sessions}
+            return
+        if isinstance(event, SessionDelta):
+            if event.after is not None:
+                self.sessions[event.sessionId] = event.after
+            else:
+                self.sessions.pop(event.sessionId, None)
+        if self._raw:
+            self._out.line(as_json(message))
+        elif isinstance(event, SessionDelta):
+            self._out.line(render.format_delta(event, color))
+        elif isinstance(event, ActivityMessage):
+            session = self.sessions.get(event.sessionId)
+            self._out.line(render.format_activity(event.activity, session, color))
+        else:
+            now = datetime.now(UTC).isoformat()
+            self._out.line(render.format_reset(event.epoch, event.seq, event.reason, now, color))
+        if isinstance(event, Reset) and self._activities:
+            await self.reload()
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    """`control-room watch`: one line per delta (and activity), or raw JSON, until Ctrl-C."""
+    problem = _watch_usage(args)
+    if problem is not None:
+        return fail("watch", problem, EXIT_USAGE)
+    address = resolve("watch", args)
     if isinstance(address, int):
         return address
     env = dict(os.environ)
     color = wants_color(sys.stdout, args.no_color, env)
-    status = _StatusPrinter(address.url, wants_color(sys.stderr, args.no_color, env))
-    client = _make_client("watch", address, status)
+    status = _StatusPrinter(
+        address.url, wants_color(sys.stderr, args.no_color, env), describe_view(args)
+    )
+    encoding: Encoding = "msgpack" if args.msgpack else "json"
+    client = make_client("watch", address, status, encoding)
     if isinstance(client, int):
         return client
-    out = _Out(sys.stdout)
+    printer = _EventPrinter(client, Out(sys.stdout), color, args.json, args.activities)
+    snapshot = args.activities and args.since is None  # to name the sessions of activities
 
     async def main() -> int:
-        async with client, contextlib.aclosing(client.messages(args.since, args.epoch)) as stream:
-            async for message in stream:
-                event = message.event
-                if args.json:
-                    out.line(message.raw)
-                elif isinstance(event, SessionDelta):
-                    out.line(render.format_delta(event, color))
-                elif isinstance(event, Reset):
-                    now = datetime.now(UTC).isoformat()
-                    out.line(render.format_reset(event.epoch, event.seq, event.reason, now, color))
-                elif isinstance(event, Snapshot):  # not asked for; nothing to show
-                    continue
+        async with client:
+            if args.activities and not snapshot:
+                await printer.reload()
+            stream = client.messages(
+                args.since,
+                args.epoch,
+                snapshot,
+                activities_since=args.activities_since,
+                session_ids=args.session,
+                repositories=args.repository,
+                states=args.state,
+                activities=args.activities,
+            )
+            async with contextlib.aclosing(stream) as messages:
+                async for message in messages:
+                    await printer.show(message)
         return EXIT_OK
 
     try:
-        return _run_until_signal(main)
+        return run_until_signal(main)
     except Unauthorized as exc:
-        return _fail("watch", f"{exc}; check --token or {TOKEN_ENV}", EXIT_UNAUTHORIZED)
+        return fail("watch", f"{exc}; check --token or {TOKEN_ENV}", EXIT_UNAUTHORIZED)
     except BadRequest as exc:
-        return _fail("watch", str(exc), EXIT_USAGE)
+        return fail("watch", str(exc), EXIT_USAGE)
     except BrokenPipeError:
-        return _quiet_broken_pipe()
+        return quiet_broken_pipe()
 
 
 def cmd_sessions(args: argparse.Namespace) -> int:
     """`control-room sessions`: the current sessions as a table (or JSON)."""
-    address = _resolve("sessions", args)
+    address = resolve("sessions", args)
     if isinstance(address, int):
         return address
     color = wants_color(sys.stdout, args.no_color, dict(os.environ))
-    client = _make_client("sessions", address, None)
+    client = make_client("sessions", address, None)
     if isinstance(client, int):
         return client
-    out = _Out(sys.stdout)
-    err = _Out(sys.stderr)
+    out = Out(sys.stdout)
+    err = Out(sys.stderr)
     said = False
 
     def not_ready(exc: NotReady) -> None:
@@ -384,13 +516,13 @@ def cmd_sessions(args: argparse.Namespace) -> int:
         return EXIT_OK
 
     try:
-        return _run_until_signal(main)
+        return run_until_signal(main)
     except Unauthorized as exc:
-        return _fail("sessions", f"{exc}; check --token or {TOKEN_ENV}", EXIT_UNAUTHORIZED)
+        return fail("sessions", f"{exc}; check --token or {TOKEN_ENV}", EXIT_UNAUTHORIZED)
     except NotReady as exc:
         still = f"still not ready after {args.wait:g} s" if args.wait else "not ready"
-        return _fail("sessions", f"{address.url} is {still}: {exc.reason}", EXIT_UNREACHABLE)
+        return fail("sessions", f"{address.url} is {still}: {exc.reason}", EXIT_UNREACHABLE)
     except ControlRoomError as exc:  # Unavailable, mostly: unreachable
-        return _fail("sessions", str(exc), EXIT_UNREACHABLE)
+        return fail("sessions", str(exc), EXIT_UNREACHABLE)
     except BrokenPipeError:
-        return _quiet_broken_pipe()
+        return quiet_broken_pipe()

@@ -48,11 +48,17 @@ WAIT = 5000 * MS
 class Stream:
     """A client's stream consumed in a task: messages and connection changes on queues."""
 
-    def __init__(self, url: str, token: str = TOKEN, **options: Any) -> None:
+    def __init__(
+        self,
+        url: str,
+        token: str = TOKEN,
+        client: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> None:
         self.statuses: asyncio.Queue[ConnectionStatus] = asyncio.Queue()
         self.messages: asyncio.Queue[Message] = asyncio.Queue()
         self.client = ControlRoomClient(
-            url, token, on_status=self.statuses.put_nowait, **FAST_BACKOFF
+            url, token, on_status=self.statuses.put_nowait, **FAST_BACKOFF, **(client or {})
         )
         self._task: asyncio.Task[None] | None = None
         self._options = options

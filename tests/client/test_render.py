@@ -6,7 +6,19 @@ import re
 from datetime import UTC, datetime, timedelta, timezone
 
 from control_room import render
-from control_room.models import Approval, JulesSession, PullRequest, SessionDelta
+from control_room.models import (
+    Activity,
+    Approval,
+    Artifact,
+    BashOutputSummary,
+    ChangeSetSummary,
+    FileChange,
+    JulesSession,
+    Plan,
+    PlanStep,
+    PullRequest,
+    SessionDelta,
+)
 
 SGR = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -211,3 +223,141 @@ def test_poll_summary_counts_a_polls_deltas_in_lifecycle_order() -> None:
     # A type this version does not know is still counted, after the known ones.
     odd = render.poll_summary(["archived", "created"], 0, 0, noon, UTC)
     assert odd == "12:00:03  2 changes: 1 created, 1 archived  (0 sessions, 0 clients)"
+
+
+# -- activities -------------------------------------------------------------------------
+
+PLAN = Plan(
+    id="p1",
+    steps=tuple(
+        PlanStep(id=f"s{i}", index=i, title=title, description=description)
+        for i, (title, description) in enumerate(
+            [
+                ("Reproduce the flaky run", "Run it 50 times"),
+                ("Find the race in the session setup", None),
+                ("Await the cookie", None),
+                ("Add a regression test", None),
+            ]
+        )
+    ),
+)
+
+
+def activity(kind: str, **fields: object) -> Activity:
+    base: dict[str, object] = {
+        "id": f"a-{kind}",
+        "sessionId": "4321",
+        "kind": kind,
+        "originator": "agent",
+        "createdAt": "2025-11-10T12:00:05Z",
+    }
+    base.update(fields)
+    return Activity(**base)  # type: ignore[arg-type]
+
+
+CHANGES = Artifact(
+    changeSet=ChangeSetSummary(
+        files=(
+            FileChange("src/auth/login.py", 12, 3),
+            FileChange("tests/test_login.py", 30, 0),
+            FileChange("README.md", 1, 1),
+            FileChange("setup.cfg", 1, 0),
+        ),
+        commitMessage="Await the cookie",
+    )
+)
+TESTS_RAN = Artifact(bashOutput=BashOutputSummary(command="pytest -q", exitCode=0, output="ok"))
+
+
+def test_activity_lines_say_what_jules_did_in_a_glance() -> None:
+    waiting = session(state="AWAITING_PLAN_APPROVAL")
+    asking = session(state="AWAITING_USER_FEEDBACK")
+    lines = [
+        render.format_activity(activity("planGenerated", plan=PLAN), waiting, tz=UTC),
+        render.format_activity(activity("planApproved", originator="user"), WORKING, tz=UTC),
+        render.format_activity(
+            activity("progressUpdated", title="Ran the tests", description="all green",
+                     artifacts=(CHANGES, TESTS_RAN)),
+            WORKING, tz=UTC,
+        ),
+        render.format_activity(activity("agentMessaged", message="Which branch?\nmain or dev"),
+                               asking, tz=UTC),
+        render.format_activity(activity("userMessaged", originator="user", message="main"),
+                               WORKING, tz=UTC),
+        render.format_activity(activity("sessionFailed", reason="quota exceeded"), None, tz=UTC),
+        render.format_activity(activity("somethingNew", description="a new kind"), DONE, tz=UTC),
+    ]  # fmt: skip
+    assert lines == [
+        "12:00:05  * plan     acme/api                Fix flaky login test · 4 steps:"
+        " 1. Reproduce the flaky run; 2. Find the race in the session setup;"
+        " 3. Await the cookie; …",
+        "12:00:05  * plan ok  acme/api                Fix flaky login test"
+        " · plan approved by the user",
+        "12:00:05  * step     acme/api                Fix flaky login test"
+        " · Ran the tests — all green"
+        " · 4 files changed (+44 −4): src/auth/login.py, tests/test_login.py, README.md, …"
+        " · $ pytest -q (exit 0)",
+        "12:00:05  ? asks     acme/api                Fix flaky login test · Which branch? …",
+        "12:00:05  * user     acme/api                Fix flaky login test · main",
+        "12:00:05  * failed                           4321 · session failed: quota exceeded",
+        "12:00:05  * other    acme/api                Fix flaky login test · a new kind",
+    ]
+
+
+def test_a_question_is_highlighted_and_colour_wraps_the_same_text() -> None:
+    asking = session(state="AWAITING_USER_FEEDBACK")
+    question = activity("agentMessaged", message="Should I also update the docs")
+    plain = render.format_activity(question, asking, tz=UTC)
+    coloured = render.format_activity(question, asking, color=True, tz=UTC)
+    assert "\x1b[1;33mShould I also update the docs\x1b[0m" in coloured
+    assert SGR.sub("", coloured) == plain
+    said = render.format_activity(question, WORKING, tz=UTC)  # not waiting, no "?": a remark
+    assert "* agent " in said
+    assert render.is_question(activity("agentMessaged", message="Done. Anything else? "), None)
+
+
+def test_the_timeline_shows_the_whole_plan_and_messages() -> None:
+    asking = session(state="AWAITING_USER_FEEDBACK")
+    activities = [
+        activity("planGenerated", plan=PLAN, createdAt="2025-11-10T12:00:01Z"),
+        activity("planApproved", originator="user", createdAt="2025-11-10T12:00:02Z"),
+        activity("progressUpdated", title="Ran the tests", artifacts=(TESTS_RAN,),
+                 createdAt="2025-11-10T12:00:03Z"),
+        activity("agentMessaged", message="Which branch?\n\nmain or dev",
+                 createdAt="2025-11-10T12:00:04Z"),
+        activity("sessionCompleted", createdAt="2025-11-10T12:00:05Z"),
+    ]  # fmt: skip
+    assert render.timeline(activities, asking, tz=UTC) == [
+        "12:00:01  * plan     plan of 4 steps:",
+        "                     1. Reproduce the flaky run",
+        "                        Run it 50 times",
+        "                     2. Find the race in the session setup",
+        "                     3. Await the cookie",
+        "                     4. Add a regression test",
+        "12:00:02  * plan ok  plan approved by the user",
+        "12:00:03  * step     Ran the tests",
+        "                    $ pytest -q (exit 0)",
+        "12:00:04  ? asks     Which branch?",
+        "",
+        "                    main or dev",
+        "12:00:05  * done     session completed",
+    ]
+    assert render.waiting_hint(asking) == 'Waiting for your answer: control-room message 4321 "…"'
+    assert render.waiting_hint(WORKING) is None
+
+
+def test_the_session_header_names_where_and_links() -> None:
+    stalled = session(
+        state="IN_PROGRESS",
+        pullRequest=PullRequest(url="https://github.com/acme/api/pull/7", title="Fix it"),
+        stalledSince="2025-11-10T12:00:00Z",
+    )
+    now = datetime(2025, 11, 10, 12, 20, tzinfo=UTC)
+    assert render.session_header(stalled, now) == [
+        "Fix flaky login test",
+        "  acme/api · main · IN_PROGRESS (plan pending, approval pending)",
+        "  https://jules.google.com/session/4321",
+        "  pull request #7 https://github.com/acme/api/pull/7  Fix it",
+        "  stalled: last activity 20 min ago",
+        "  id 4321 · created 20 min ago · updated 20 min ago",
+    ]

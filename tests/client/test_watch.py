@@ -6,9 +6,6 @@ import asyncio
 import io
 import os
 import signal
-import socket
-import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,99 +16,10 @@ import pytest
 from control_room.app import Service
 from control_room.jules.simulator import Simulator
 from control_room.watch import BadEnvironment, service_token, service_url, wants_color
-from tests.conftest import MS, TOKEN, ServiceFactory, connect
+from tests.client.conftest import WAIT, Proc, clean_env, closed_port
+from tests.conftest import TOKEN, ServiceFactory, connect
 
-WAIT = 10_000 * MS  # a fresh interpreter importing aiohttp takes a moment on a busy machine
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-def command() -> list[str]:
-    """The installed console script next to this interpreter, else `python -m`."""
-    script = Path(sys.executable).with_name("control-room")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "control_room.cli"]
-
-
-# What would point the commands at a service other than the test's, or change their output.
-AMBIENT: tuple[str, ...] = ("LOCAL_TOKEN", "LOCAL_TOKEN_FILE", "PORT", "HOST", "NO_COLOR")
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in AMBIENT}
-    env.update(extra)
-    return env
-
-
-def closed_port() -> int:
-    """A loopback port nothing listens on (it was free a moment ago)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
-
-
-class Proc:
-    """A `control-room` process with its stdout and stderr read line by line."""
-
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-        self.stderr: list[str] = []
-
-    @classmethod
-    async def start(
-        cls, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
-    ) -> Proc:
-        proc = await asyncio.create_subprocess_exec(
-            *command(),
-            *args,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=env if env is not None else clean_env(),
-            cwd=cwd,
-        )
-        return cls(proc)
-
-    async def line(self) -> str:
-        assert self.proc.stdout is not None
-        raw = await asyncio.wait_for(self.proc.stdout.readline(), WAIT)
-        assert raw, f"stdout closed; stderr: {self.stderr}"
-        return raw.decode().rstrip("\n")
-
-    async def err_until(self, text: str) -> str:
-        """Read stderr lines until one contains `text`."""
-        assert self.proc.stderr is not None
-        while True:
-            raw = await asyncio.wait_for(self.proc.stderr.readline(), WAIT)
-            assert raw, f"stderr closed before {text!r}; got {self.stderr}"
-            line = raw.decode().rstrip("\n")
-            self.stderr.append(line)
-            if text in line:
-                return line
-
-    async def finish(self) -> tuple[int, str, str]:
-        """Wait for the exit: (code, the rest of stdout, the rest of stderr)."""
-        out, err = await asyncio.wait_for(self.proc.communicate(), WAIT)
-        assert self.proc.returncode is not None
-        return self.proc.returncode, out.decode(), err.decode()
-
-    async def stop(self, sig: signal.Signals = signal.SIGINT) -> int:
-        self.proc.send_signal(sig)
-        code, _, _ = await self.finish()
-        return code
-
-    def kill(self) -> None:
-        if self.proc.returncode is None:
-            self.proc.kill()
-
-
-@pytest.fixture
-async def procs() -> AsyncIterator[list[Proc]]:
-    """Processes started by a test; any still running at the end are killed."""
-    started: list[Proc] = []
-    yield started
-    for p in started:
-        p.kill()
-        await p.proc.wait()
 
 
 async def watch(procs: list[Proc], service: Service, *args: str, **kw: Any) -> Proc:
@@ -431,3 +339,46 @@ async def test_a_url_flag_makes_a_bad_port_irrelevant(procs: list[Proc], service
         2,
         "control-room sessions: PORT='0' is not a port a client can connect to; pass --url",
     )
+
+
+async def test_watch_a_view_over_msgpack_shows_entries_and_departures(
+    procs: list[Proc], service: Service, sim: Simulator
+) -> None:
+    assert service.poller is not None
+    waiting = sim.create(repo="acme/web", title="Dark mode")
+    sim.create(repo="acme/web", title="Elsewhere")
+    await service.poller.poll_once()
+    p = await watch(
+        procs, service, "--token", TOKEN, "--msgpack", "--state", "AWAITING_PLAN_APPROVAL"
+    )
+    started = await p.err_until("watching")
+    assert started.endswith("; state AWAITING_PLAN_APPROVAL; Ctrl-C to stop")
+    sim.set_state(waiting["id"], "AWAITING_PLAN_APPROVAL")  # enters the view
+    await service.poller.poll_once()
+    entered = await p.line()
+    assert " + created  acme/web " in entered and entered.endswith(
+        "Dark mode · AWAITING_PLAN_APPROVAL"
+    )
+    sim.set_state(waiting["id"], "IN_PROGRESS")  # leaves it
+    await service.poller.poll_once()
+    left = await p.line()
+    assert " - deleted  acme/web " in left and left.endswith(
+        "Dark mode · was AWAITING_PLAN_APPROVAL"
+    )
+    assert await p.stop() == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--activities", "--since", "3"], "--since with --activities needs --activities-since"),
+        (["--activities-since", "3"], "--activities-since needs --since and --activities"),
+    ],
+)
+async def test_watch_activities_positions_go_together(
+    procs: list[Proc], service: Service, args: list[str], message: str
+) -> None:
+    p = await watch(procs, service, "--token", TOKEN, *args)
+    code, out, err = await p.finish()
+    assert (code, out) == (2, "")
+    assert message in err
