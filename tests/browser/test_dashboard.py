@@ -12,10 +12,10 @@ from playwright.async_api import Locator, Page, expect
 
 from control_room.app import Service
 from control_room.jules.simulator import Simulator, SimulatorServer
-from tests.browser.conftest import ARTIFACTS
+from tests.browser.conftest import ARTIFACTS, LOOP, module_loop
 from tests.conftest import API_KEY, MS, TOKEN, ServiceFactory, settings
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, LOOP]
 
 SCALE = MS * 1000  # 1.0 unless CONTROL_ROOM_TEST_MS slows every test clock down
 LIVE_TIMEOUT_MS = 10_000 * SCALE  # first load: page, token check, snapshot, first frame
@@ -89,7 +89,7 @@ async def api_sessions(service: Service) -> dict[str, Any]:
     return body
 
 
-@pytest.fixture
+@module_loop
 async def board(sim: Simulator, make_service: ServiceFactory) -> tuple[Service, list[str]]:
     """A service whose baseline already holds a few sessions in different states."""
     ids = [
@@ -115,8 +115,9 @@ async def test_table_shows_every_session(page: Page, board: tuple[Service, list[
         await expect(cell(page, sid, "branch")).to_have_text(session["branch"])
         await expect(cell(page, sid, "title")).to_have_text(session["title"])
         await expect(cell(page, sid, "state")).to_have_attribute("data-value", session["state"])
+        # The title opens the session's detail (which links to Jules).
         link = cell(page, sid, "title").get_by_role("link")
-        await expect(link).to_have_attribute("href", session["url"])
+        await expect(link).to_have_attribute("href", f"#session={sid}")
         if session.get("pullRequest"):
             pr = cell(page, sid, "pullRequest").get_by_role("link")
             await expect(pr).to_have_attribute("href", session["pullRequest"]["url"])

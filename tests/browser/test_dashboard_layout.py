@@ -9,11 +9,11 @@ from playwright.async_api import Page
 
 from control_room.app import Service
 from control_room.jules.simulator import Simulator
-from tests.browser.conftest import ARTIFACTS
+from tests.browser.conftest import ARTIFACTS, LOOP, module_loop
 from tests.browser.test_dashboard import SCALE, open_dashboard, poll, wait_for
 from tests.conftest import ServiceFactory
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, LOOP]
 
 HEIGHT = 800
 STATES = ("PLANNING", "IN_PROGRESS", "AWAITING_USER_FEEDBACK", "QUEUED")
@@ -40,7 +40,7 @@ async def extent(page: Page) -> dict[str, int]:
     return found
 
 
-@pytest.fixture
+@module_loop
 async def busy_board(sim: Simulator, make_service: ServiceFactory) -> tuple[Service, list[str]]:
     """A service with a few sessions, one of them with a long title."""
     ids = [

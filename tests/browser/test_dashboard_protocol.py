@@ -18,9 +18,10 @@ from aiohttp import web
 from playwright.async_api import Page, expect
 
 from control_room.app import STATIC_DIR
+from tests.browser.conftest import LOOP, module_loop
 from tests.conftest import TOKEN
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, LOOP]
 
 EPOCH = "scripted"
 TIMEOUT_MS = 5000
@@ -54,6 +55,28 @@ def updated(seq: int, sid: str, before: str, after: str) -> dict[str, Any]:
         "timestamp": stamp,
         "seq": seq,
     }
+
+
+def activity(seq: int, sid: str, aid: str) -> dict[str, Any]:
+    """An `activity` message: the agent's progress, number `seq` on the activities channel."""
+    stamp = f"2025-01-01T00:01:{seq:02d}Z"
+    return {
+        "type": "activity",
+        "sessionId": sid,
+        "activity": {
+            "id": aid,
+            "sessionId": sid,
+            "kind": "progressUpdated",
+            "originator": "agent",
+            "createdAt": stamp,
+            "title": f"Step {aid}",
+        },
+        "timestamp": stamp,
+        "seq": seq,
+    }
+
+
+TIMELINE_IDS = "id => (window.controlRoom.timelines.get(id)?.list ?? []).map(a => a.id)"
 
 
 Script = Callable[[web.WebSocketResponse, dict[str, str]], Awaitable[None]]
@@ -114,7 +137,7 @@ class ScriptedServer:
         return ws
 
 
-@pytest.fixture
+@module_loop
 async def scripted() -> AsyncIterator[Callable[..., Awaitable[ScriptedServer]]]:
     """Start scripted servers; all are stopped at the end of the test."""
     servers: list[ScriptedServer] = []
@@ -154,7 +177,10 @@ async def test_duplicates_are_dropped_and_a_gap_resumes_from_the_last_good_seq(
     stats = await page.evaluate("window.controlRoom.stream.stats")
     assert stats["duplicates"] == 1
     assert stats["gaps"] == 1
-    assert server.connections == [{"snapshot": "1"}, {"since": "6", "epoch": EPOCH}]
+    assert server.connections == [
+        {"snapshot": "1", "activities": "1"},
+        {"since": "6", "epoch": EPOCH, "activities": "1"},
+    ]
     # Each delta reached the feed once: 6, 7, 8 (not the duplicate, not 8 twice).
     seqs = await page.eval_on_selector_all(
         '[data-testid="feed-item"]', "items => items.map(i => i.dataset.seq)"
@@ -172,14 +198,25 @@ async def test_reset_reloads_the_snapshot_and_keeps_the_live_deltas_after_it(
             first.set()
             snapshot = [session("old", "QUEUED", "2025-01-01T00:00:00Z")]
             await ws.send_json(
-                {"type": "snapshot", "epoch": "old", "seq": 40, "sessions": snapshot}
+                {
+                    "type": "snapshot",
+                    "epoch": "old",
+                    "seq": 40,
+                    "sessions": snapshot,
+                    "activitiesSeq": 7,
+                }
             )
             await ws.close()  # the "restart"
         elif query.get("since") == "40" and query.get("epoch") == "old":
-            await ws.send_json({"type": "reset", "epoch": EPOCH, "seq": 4, "reason": "epoch"})
-            # Live deltas keep coming while the page reloads: 5 is in its reload, 6 is not.
+            await ws.send_json(
+                {"type": "reset", "epoch": EPOCH, "seq": 4, "reason": "epoch", "activitiesSeq": 20}
+            )
+            # Live messages keep coming while the page reloads: 5 is in its reload, 6 is not;
+            # activity 20 is at the reset's position (already counted), 21 is new.
             await ws.send_json(updated(5, "a", "QUEUED", "QUEUED"))
+            await ws.send_json(activity(20, "a", "before-the-reset"))
             await ws.send_json(updated(6, "a", "QUEUED", "PLANNING"))
+            await ws.send_json(activity(21, "a", "after-the-reset"))
 
     server = await scripted(script)
     await page.goto(f"{server.url}/#token={TOKEN}")
@@ -194,7 +231,55 @@ async def test_reset_reloads_the_snapshot_and_keeps_the_live_deltas_after_it(
     stats = await page.evaluate("window.controlRoom.stream.stats")
     assert stats["resets"] == 1
     assert stats["duplicates"] == 1  # seq 5 was already in the reloaded snapshot
-    assert server.connections == [{"snapshot": "1"}, {"since": "40", "epoch": "old"}]
+    assert stats["activityDuplicates"] == 1  # activity 20 is at the reset's position
+    assert await page.evaluate(TIMELINE_IDS, "a") == ["after-the-reset"]
+    assert server.connections == [
+        {"snapshot": "1", "activities": "1"},
+        {"since": "40", "epoch": "old", "activities": "1", "activitiesSince": "7"},
+    ]
+
+
+async def test_activities_drop_duplicates_and_a_gap_resumes_both_channels(
+    page: Page, scripted: Callable[..., Awaitable[ScriptedServer]]
+) -> None:
+    """The activities channel has its own seq: the same rules, and resume says both."""
+
+    async def script(ws: web.WebSocketResponse, query: dict[str, str]) -> None:
+        if query.get("snapshot") == "1":
+            snapshot = [session("a", "IN_PROGRESS", "2025-01-01T00:00:00Z")]
+            await ws.send_json(
+                {
+                    "type": "snapshot",
+                    "epoch": EPOCH,
+                    "seq": 5,
+                    "sessions": snapshot,
+                    "activitiesSeq": 10,
+                }
+            )
+            await ws.send_json(activity(11, "a", "one"))
+            await ws.send_json(updated(6, "a", "IN_PROGRESS", "IN_PROGRESS"))
+            await ws.send_json(activity(11, "a", "one"))  # duplicate
+            await ws.send_json(activity(13, "a", "three"))  # gap: 12 is missing
+        elif query.get("activitiesSince") == "11":
+            await ws.send_json(activity(12, "a", "two"))
+            await ws.send_json(activity(13, "a", "three"))
+
+    server = await scripted(script)
+    await page.goto(f"{server.url}/#token={TOKEN}")
+
+    await page.wait_for_function(
+        "() => (window.controlRoom?.timelines.get('a')?.list.length ?? 0) === 3",
+        timeout=TIMEOUT_MS,
+    )
+    assert await page.evaluate(TIMELINE_IDS, "a") == ["one", "two", "three"]
+    stats = await page.evaluate("window.controlRoom.stream.stats")
+    assert stats["activityDuplicates"] == 1
+    assert stats["activityGaps"] == 1
+    assert stats["activities"] == 3
+    assert server.connections == [
+        {"snapshot": "1", "activities": "1"},
+        {"since": "6", "epoch": EPOCH, "activities": "1", "activitiesSince": "11"},
+    ]
 
 
 async def test_a_refused_resume_falls_back_to_a_snapshot(
@@ -218,9 +303,9 @@ async def test_a_refused_resume_falls_back_to_a_snapshot(
     await expect(state).to_have_attribute("data-value", "PLANNING", timeout=TIMEOUT_MS)
     await expect(page.get_by_test_id("connection")).to_have_attribute("data-state", "live")
     assert server.connections == [
-        {"snapshot": "1"},
-        {"since": "5", "epoch": EPOCH},
-        {"snapshot": "1"},
+        {"snapshot": "1", "activities": "1"},
+        {"since": "5", "epoch": EPOCH, "activities": "1"},
+        {"snapshot": "1", "activities": "1"},
     ]
 
 

@@ -1,10 +1,18 @@
-// The dashboard's entry point: where the token comes from, and what the connection looks like.
+// The dashboard's entry point: where the token comes from, what the connection looks like,
+// and how the parts of the page are wired to the stream.
 //
 // The token arrives in the URL fragment (`/#token=…`, which browsers never send to a server),
 // moves to sessionStorage (this tab only) and leaves the address bar, so it is neither in the
 // history nor in a screenshot. Without one, or with a rejected one, a small form asks for it.
+// `#session=<id>` in the fragment opens that session's detail (links to it can be shared).
 
+import { Api } from './api.js';
+import { Compose } from './compose.js';
+import { SessionDetail } from './detail.js';
+import { NeedsYou } from './needs.js';
+import { Alerts } from './notify.js';
 import { Stream, isValidToken } from './stream.js';
+import { Timelines } from './timeline.js';
 import { Dashboard } from './view.js';
 
 const TOKEN_KEY = 'control-room.token';
@@ -23,8 +31,37 @@ const bannerCountdown = $('connection-banner-countdown');
 const retryButton = $('retry');
 const changeTokenButton = $('change-token');
 
+const api = new Api();
+// Commands go to whichever stream is current; without one, nothing is sent and the caller
+// is told so (the same answer a closed socket gives).
+const commands = {
+  send: (command) =>
+    stream
+      ? stream.send(command)
+      : Promise.resolve({ type: 'result', ok: false, error: { code: 'not_connected' } }),
+};
 const dashboard = new Dashboard(document);
+const timelines = new Timelines(api);
+const alerts = new Alerts($('notify'), { onOpen: openSession });
+const needs = new NeedsYou(document, { timelines, commands, alerts });
+const detail = new SessionDetail(document, {
+  sessions: dashboard,
+  timelines,
+  api,
+  commands,
+  onDone: (text) => dashboard.note(text),
+});
+const compose = new Compose(document, {
+  api,
+  commands,
+  onCreated: (session) => detail.open(session.id, { hint: session }),
+});
+dashboard.onOpen = openSession;
 let stream = null;
+let me = null; // GET /api/me of the current token: {readOnly, commands}; null until known
+let meLoading = false;
+let synced = false; // the current stream delivered its first snapshot
+let pendingOpen = null; // a session named in the fragment before the sessions were known
 const IDLE = Object.freeze({ state: 'idle', retryAt: 0, detail: '', cause: '', status: 0 });
 let status = IDLE;
 let countdownTimer = 0;
@@ -55,6 +92,63 @@ function takeTokenFromFragment() {
   );
   if (token) sessionStorage.setItem(TOKEN_KEY, token);
   return Boolean(token);
+}
+
+/** The session id in `#session=<id>`, or null. */
+function sessionFromFragment() {
+  const part = window.location.hash
+    .slice(1)
+    .split('&')
+    .find((p) => p.startsWith('session='));
+  if (!part) return null;
+  try {
+    return decodeURIComponent(part.slice('session='.length)) || null;
+  } catch {
+    return null;
+  }
+}
+
+/** Open a session's detail through the fragment, so Back and shared links work too. */
+function openSession(sessionId) {
+  const target = `#session=${encodeURIComponent(sessionId)}`;
+  if (window.location.hash === target) route();
+  else window.location.hash = target;
+}
+
+/** Follow the fragment: open the detail it names (once the sessions are known). */
+function route() {
+  const sessionId = sessionFromFragment();
+  if (!sessionId) {
+    detail.close();
+    return;
+  }
+  if (synced) detail.open(sessionId);
+  else pendingOpen = sessionId;
+}
+
+/**
+ * Show controls only to a token that may use them: hidden until GET /api/me says so, so a
+ * read-only viewer never sees a button flash that would only be refused.
+ */
+function setControls(enabled, readOnly) {
+  document.body.dataset.controls = enabled ? 'on' : 'off';
+  $('read-only').hidden = !readOnly;
+  $('new-session').hidden = !enabled;
+  needs.setControls(enabled);
+  detail.setControls(enabled);
+  if (!enabled) compose.close();
+}
+
+async function loadMe() {
+  if (me !== null || meLoading) return;
+  meLoading = true;
+  const token = api.token;
+  const answer = await api.me();
+  meLoading = false;
+  if (token !== api.token) return loadMe(); // the token changed meanwhile: ask for the new one
+  if (!answer.ok) return; // asked again with the next snapshot
+  me = answer.body;
+  setControls(me.commands !== false && !me.readOnly, Boolean(me.readOnly));
 }
 
 function secondsLeft(retryAt) {
@@ -159,6 +253,10 @@ function start(token) {
   changeTokenButton.hidden = false;
   snapshots = 0;
   interrupted = false;
+  synced = false;
+  me = null;
+  setControls(false, false);
+  api.token = token;
   stream = new Stream(token, {
     onStatus: showStatus,
     onSnapshot(sessions, position) {
@@ -170,8 +268,20 @@ function start(token) {
       }
       lastEpoch = position.epoch;
       dashboard.replaceAll(sessions, position);
+      needs.replaceAll(sessions, { initial: snapshots === 1 });
+      detail.refresh();
+      synced = true;
+      loadMe();
+      if (pendingOpen !== null && pendingOpen === sessionFromFragment()) detail.open(pendingOpen);
+      pendingOpen = null;
     },
-    onDelta: (delta, position) => dashboard.applyDelta(delta, position),
+    onDelta(delta, position) {
+      dashboard.applyDelta(delta, position);
+      needs.update(delta.sessionId, delta.type === 'deleted' ? null : (delta.after ?? null));
+      detail.sessionChanged(delta.sessionId);
+    },
+    onActivity: (message) => timelines.add({ ...message.activity, sessionId: message.sessionId }),
+    onActivitiesLost: () => timelines.invalidate(),
     onUnauthorized() {
       sessionStorage.removeItem(TOKEN_KEY);
       askForToken(
@@ -181,7 +291,7 @@ function start(token) {
     },
   });
   // Exposed for the curious (and the browser tests): counters and the current position.
-  window.controlRoom = { stream, dashboard };
+  window.controlRoom = { stream, dashboard, timelines, needs, alerts, detail };
   stream.start();
 }
 
@@ -222,10 +332,13 @@ changeTokenButton.addEventListener('click', () => {
   showStatus(IDLE);
   askForToken('');
 });
+$('new-session').addEventListener('click', () => compose.open());
 // Pasting a new `/#token=…` link into this tab does not reload the page: pick it up.
 window.addEventListener('hashchange', () => {
   if (takeTokenFromFragment()) startFromStorage();
+  route();
 });
 
 takeTokenFromFragment();
 startFromStorage();
+route();

@@ -69,8 +69,7 @@ export function parseTime(stamp) {
   if (!match) return NaN;
   const [, year, month, day, hour, minute, second, fraction = '', , sign, offH = 0, offM = 0] =
     match;
-  const inRange =
-    month >= 1 && month <= 12 && day >= 1 && day <= 31 && hour <= 23 && minute <= 59;
+  const inRange = month >= 1 && month <= 12 && day >= 1 && day <= 31 && hour <= 23 && minute <= 59;
   if (!inRange || second > 60 || offH > 23 || offM > 59) return NaN;
   const ms = Number(fraction.slice(0, 3).padEnd(3, '0'));
   const utc = Date.UTC(+year, month - 1, +day, +hour, +minute, +second, ms);
@@ -136,4 +135,64 @@ export function splitRepository(repository) {
   const repo = String(repository || '');
   const slash = repo.lastIndexOf('/');
   return slash < 0 ? ['', repo] : [repo.slice(0, slash + 1), repo.slice(slash + 1)];
+}
+
+/** True for the states a session ends in: only these can be archived or deleted. */
+export function isFinished(state) {
+  return state === 'COMPLETED' || state === 'FAILED';
+}
+
+/** "45 s", "23 min", "2 h 5 min", "3 d": how long, for durations people wait through. */
+export function duration(ms) {
+  if (!Number.isFinite(ms) || ms < 0) return '';
+  const seconds = Math.floor(ms / 1000);
+  if (seconds < 60) return `${seconds} s`;
+  const minutes = Math.floor(seconds / 60);
+  if (minutes < 60) return `${minutes} min`;
+  const hours = Math.floor(minutes / 60);
+  if (hours < 24) return minutes % 60 ? `${hours} h ${minutes % 60} min` : `${hours} h`;
+  return `${Math.floor(hours / 24)} d`;
+}
+
+/** "no activity for 23 min" for a session flagged stalled since `stalledSince`; '' if not. */
+export function stallText(stalledSince, now) {
+  const since = parseTime(stalledSince);
+  if (!Number.isFinite(since)) return '';
+  return `no activity for ${duration(Math.max(0, now - since))}`;
+}
+
+/** "12 KB", "3.4 MB": a size in bytes for people. */
+export function formatBytes(size) {
+  const n = Number(size);
+  if (!Number.isFinite(n) || n < 0) return '';
+  if (n < 1024) return `${n} B`;
+  if (n < 1024 * 1024) return `${Math.round(n / 1024)} KB`;
+  return `${(n / (1024 * 1024)).toFixed(1)} MB`;
+}
+
+// What each command failure means for the person who clicked, by the result's error code
+// (the protocol's codes, and the page's own: not_connected, connection_lost, timeout).
+const COMMAND_ERRORS = {
+  failed_precondition: 'Jules refused: the session is not in a state that allows this any more.',
+  forbidden: 'This token is read-only: it can watch sessions but not act on them.',
+  upstream_unavailable: 'Jules did not answer, so nothing changed. Try again in a moment.',
+  rate_limited: 'Too many commands at once. Wait a moment and try again.',
+  not_found: 'Jules does not know this session any more (it may have been deleted).',
+  invalid_argument: 'Jules refused the request as invalid.',
+  bad_message: 'The control room could not read the request (a bug in this page).',
+  unknown_type: 'This control room does not know that command (is it an older version?).',
+  internal: 'The control room hit a bug while doing this.',
+  not_connected: 'Not connected to the control room: nothing was sent. Try again once it is live.',
+  connection_lost:
+    'The connection dropped before Jules answered: it may or may not have happened. ' +
+    'Check the session before trying again.',
+  timeout: 'No answer after 45 s: it may or may not have happened. Check the session.',
+};
+
+/** A sentence for a failed command's `error` ({code, message}); the service's detail after. */
+export function commandError(error) {
+  const code = error?.code ?? 'internal';
+  const known = COMMAND_ERRORS[code] ?? `The command failed (${code}).`;
+  const detail = String(error?.message ?? '').trim();
+  return detail ? `${known} (${detail})` : known;
 }

@@ -2,10 +2,15 @@
 //
 // First connect: GET /api/sessions checks the token and readiness (a browser cannot read the
 // 401 of a refused WebSocket upgrade, it only sees a failed connection), then the socket opens
-// with ?snapshot=1. Afterwards the stream keeps the last (epoch, seq) and every reconnect
-// resumes with ?since=<seq>&epoch=<epoch>. A `reset` reloads GET /api/sessions while the
-// socket stays open, buffering live deltas until the reload lands. Duplicates (seq <= last)
-// are dropped; a gap (seq > last + 1) resumes from the last good seq on a fresh socket.
+// with ?snapshot=1&activities=1. Afterwards the stream keeps the last (epoch, seq) of the
+// sessions channel and the last seq of the activities channel (its own numbering), and every
+// reconnect resumes both: ?since=<seq>&epoch=<epoch>&activities=1&activitiesSince=<seq>.
+// A `reset` reloads GET /api/sessions while the socket stays open, buffering live messages
+// until the reload lands. On either channel duplicates (seq <= last) are dropped and a gap
+// (seq > last + 1) resumes from the last good positions on a fresh socket.
+//
+// Commands (approvePlan, sendMessage, ...) go over the same socket, each with its own `id`;
+// `send` resolves with the server's `result` for that id.
 //
 // When a socket cannot open, the browser does not say why (the HTTP status of a refused
 // upgrade is hidden from pages), so the stream asks GET /api/sessions, which answers the
@@ -24,6 +29,9 @@ const RETRY_AFTER_DEFAULT_MS = 2000; // the service's own Retry-After before its
 const WAITING_MARGIN_MS = 250; // ask a moment after the service's own retry, not during it
 const WAITING_JITTER_MS = 500; // a hundred waiting tabs do not ask in the same millisecond
 const CLOSE_RESYNC = 4000; // private-use close code (RFC 6455 4000-4999): we saw a gap
+// Jules answers a command in well under a second; the service gives up on it after its own
+// upstream timeout and retries (~30 s). Past this the page stops waiting and says so.
+const COMMAND_TIMEOUT_MS = 45_000;
 
 // RFC 7230 token characters: all a WebSocket subprotocol (and so `bearer.<token>`) may carry.
 const SUBPROTOCOL_TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
@@ -43,8 +51,11 @@ export function socketUrl(location) {
  * A self-healing subscription to the delta stream.
  *
  * Handlers: onStatus({state, retryAt, detail, cause, status}), onSnapshot(sessions, position),
- * onDelta(delta, position), onUnauthorized(). States: connecting, syncing, live,
- * reconnecting, waiting (the service is up; the Jules API is not yet), offline, unauthorized.
+ * onDelta(delta, position), onActivity(message), onActivitiesLost(), onUnauthorized().
+ * `onActivitiesLost` says that activities may have been missed (a reset, or a fresh snapshot
+ * after a refused resume): timelines read earlier may have holes and should be read again.
+ * States: connecting, syncing, live, reconnecting, waiting (the service is up; the Jules API
+ * is not yet), offline, unauthorized.
  * `cause` says why a wait started: `unreachable` (no answer from the service), `upstream`
  * (503 not_ready: `detail` is the upstream's problem), `http` (another answer: `status`),
  * `lost` (an open socket closed), `refused` (the socket was refused though REST works).
@@ -56,7 +67,11 @@ export class Stream {
   #ws = null;
   #generation = 0; // bumps on every connect: async work of an older attempt drops its result
   #position = null; // {epoch, seq} of the last applied message; null = need a snapshot
-  #buffer = null; // live deltas held while a reset's reload is in flight
+  #activitiesSeq = null; // last applied seq of the activities channel; null = unknown
+  #buffer = null; // live messages (deltas and activities) held while a reset's reload runs
+  #pending = new Map(); // command id -> {resolve, timer}: commands awaiting their result
+  #synced = false; // a snapshot was applied before: a later one may skip activities
+  #nextCommandId = 1;
   #attempt = 0;
   #failures = 0;
   #timer = 0;
@@ -67,7 +82,15 @@ export class Stream {
   #waiting = { cause: '', detail: '', status: 0 };
 
   /** Counters a test or a curious reader can inspect. */
-  stats = { duplicates: 0, gaps: 0, resets: 0, reconnects: 0 };
+  stats = {
+    duplicates: 0,
+    gaps: 0,
+    resets: 0,
+    reconnects: 0,
+    activities: 0,
+    activityDuplicates: 0,
+    activityGaps: 0,
+  };
 
   #backoffBaseMs;
 
@@ -91,7 +114,53 @@ export class Stream {
 
   /** The last applied position, or null before the first snapshot. */
   get position() {
-    return this.#position ? { ...this.#position } : null;
+    return this.#position ? { ...this.#position, activitiesSeq: this.#activitiesSeq } : null;
+  }
+
+  /** True while a socket is open and caught up: commands sent now reach the service. */
+  get connected() {
+    return this.#ws !== null && this.#ws.readyState === WebSocket.OPEN;
+  }
+
+  /**
+   * Send a command (`{type, ...fields}`; the `id` is added here) and wait for its result.
+   *
+   * Resolves with the server's `{type: "result", id, ok, error?, session?}`, or with a
+   * result of the page's own when there is no answer to wait for: `error.code` is
+   * `not_connected` (nothing was sent), `connection_lost` (sent, but the socket closed
+   * before the answer: it may or may not have happened) or `timeout`. Never rejects.
+   */
+  send(command) {
+    const id = this.#nextCommandId++;
+    const ws = this.#ws;
+    if (!this.connected) {
+      return Promise.resolve(localError(id, 'not_connected'));
+    }
+    return new Promise((resolve) => {
+      const timer = setTimeout(
+        () => this.#settle(id, localError(id, 'timeout')),
+        COMMAND_TIMEOUT_MS,
+      );
+      this.#pending.set(id, { resolve, timer });
+      try {
+        ws.send(JSON.stringify({ ...command, id }));
+      } catch {
+        this.#settle(id, localError(id, 'not_connected'));
+      }
+    });
+  }
+
+  #settle(id, result) {
+    const waiting = this.#pending.get(id);
+    if (!waiting) return;
+    this.#pending.delete(id);
+    clearTimeout(waiting.timer);
+    waiting.resolve(result);
+  }
+
+  /** The socket is gone: every command still waiting gets `connection_lost`. */
+  #abandonCommands() {
+    for (const id of [...this.#pending.keys()]) this.#settle(id, localError(id, 'connection_lost'));
   }
 
   /** Connect now and keep connected until stop(). */
@@ -132,10 +201,13 @@ export class Stream {
       const probe = await this.#fetchSessions({ wantBody: false });
       if (generation !== this.#generation) return;
       if (probe.kind !== 'ok') return this.#notServing(probe);
-      query = '?snapshot=1';
+      query = '?snapshot=1&activities=1';
     } else {
       const { seq, epoch } = this.#position;
-      query = `?since=${seq}&epoch=${encodeURIComponent(epoch)}`;
+      query = `?since=${seq}&epoch=${encodeURIComponent(epoch)}&activities=1`;
+      // Without a known activities position (a service that sent none), the activities
+      // channel starts live: what was missed is read over REST when a timeline opens.
+      if (this.#activitiesSeq !== null) query += `&activitiesSince=${this.#activitiesSeq}`;
     }
     let ws;
     try {
@@ -157,6 +229,7 @@ export class Stream {
       if (this.#ws !== ws) return;
       this.#ws = null;
       this.#buffer = null;
+      this.#abandonCommands();
       if (this.#stopped) return;
       if (openedAt && performance.now() - openedAt > STABLE_MS) this.#attempt = 0;
       if (!openedAt) this.#refused(generation);
@@ -172,6 +245,7 @@ export class Stream {
     // The server is up and takes the token, yet refused the socket: most likely a 400 for
     // a resume position it does not know. A snapshot is always a valid way back in.
     this.#position = null;
+    this.#activitiesSeq = null;
     this.#retryLater({ cause: 'refused', detail: 'connection refused' });
   }
 
@@ -200,11 +274,20 @@ export class Stream {
       return; // not ours to interpret; the protocol only sends JSON
     }
     switch (message.type) {
-      case 'snapshot':
+      case 'snapshot': {
+        // A snapshot on a reconnect means a resume was impossible: activities of the time
+        // away are not replayed either.
+        const lost = this.#synced;
+        this.#synced = true;
         this.#position = { epoch: message.epoch, seq: message.seq };
+        this.#activitiesSeq = Number.isInteger(message.activitiesSeq)
+          ? message.activitiesSeq
+          : null;
         this.#handlers.onSnapshot(message.sessions ?? [], this.position);
+        if (lost) this.#handlers.onActivitiesLost?.();
         this.#live();
         break;
+      }
       case 'reset':
         this.stats.resets += 1;
         this.#reload(ws, message);
@@ -214,9 +297,39 @@ export class Stream {
       case 'deleted':
         this.#delta(ws, message);
         break;
+      case 'activity':
+        this.#activity(ws, message);
+        break;
+      case 'result':
+        this.#settle(message.id, message);
+        break;
       default:
         break; // newer server, newer message type: ignore rather than break
     }
+  }
+
+  /** An activity: its own channel, its own seq; the same rules as deltas. */
+  #activity(ws, message) {
+    if (this.#buffer !== null) {
+      this.#buffer.push(message);
+      return;
+    }
+    if (this.#position === null) return;
+    const last = this.#activitiesSeq;
+    if (last !== null && Number.isInteger(message.seq)) {
+      if (message.seq <= last) {
+        this.stats.activityDuplicates += 1;
+        return;
+      }
+      if (message.seq > last + 1) {
+        this.stats.activityGaps += 1;
+        this.#resume(ws);
+        return;
+      }
+    }
+    if (Number.isInteger(message.seq)) this.#activitiesSeq = message.seq;
+    this.stats.activities += 1;
+    this.#handlers.onActivity?.(message);
   }
 
   #delta(ws, delta) {
@@ -245,10 +358,13 @@ export class Stream {
     this.#connect();
   }
 
-  /** After `reset`: reload the snapshot over REST; the socket stays, its deltas wait. */
+  /** After `reset`: reload the snapshot over REST; the socket stays, its messages wait. */
   async #reload(ws, reset) {
     this.#position = null;
     this.#buffer = [];
+    // What the reset skipped on the activities channel is not replayed: live activities
+    // follow from the reset's position, and timelines are read again over REST.
+    this.#activitiesSeq = Number.isInteger(reset.activitiesSeq) ? reset.activitiesSeq : null;
     this.#status('syncing', { detail: reset.reason || 'reset' });
     const generation = this.#generation;
     for (;;) {
@@ -273,9 +389,11 @@ export class Stream {
       const held = this.#buffer;
       this.#buffer = null;
       this.#handlers.onSnapshot(sessions ?? [], this.position);
-      for (const delta of held) {
-        if (ws !== this.#ws) return; // a gap in the held deltas already moved us on
-        this.#delta(ws, delta);
+      this.#handlers.onActivitiesLost?.();
+      for (const message of held) {
+        if (ws !== this.#ws) return; // a gap in the held messages already moved us on
+        if (message.type === 'activity') this.#activity(ws, message);
+        else this.#delta(ws, message);
       }
       if (ws === this.#ws) this.#live();
       return;
@@ -372,6 +490,7 @@ export class Stream {
     const ws = this.#ws;
     this.#ws = null;
     this.#buffer = null;
+    this.#abandonCommands();
     if (!ws) return;
     ws.onopen = ws.onmessage = ws.onclose = null;
     try {
@@ -380,6 +499,11 @@ export class Stream {
       // already closing
     }
   }
+}
+
+/** A result the page makes itself when the service's cannot arrive (see `Stream.send`). */
+function localError(id, code) {
+  return { type: 'result', id, ok: false, error: { code, message: '' } };
 }
 
 /** The JSON error body of a failed response, or {} when it has none. */

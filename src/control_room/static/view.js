@@ -17,8 +17,10 @@ import {
   pullRequestLabel,
   relativeTime,
   splitRepository,
+  stallText,
   stateInfo,
 } from './format.js';
+import { el, externalLink, sessionHref } from './dom.js';
 
 const FEED_MAX = 50; // the feed is a glance at the last minutes, not a log; /api/deltas is
 const LEAVE_MS = 450; // matches the `leave` animation in style.css
@@ -42,8 +44,8 @@ const FIELDS = [
 
 const fingerprint = {
   repository: (s) => `${s.repository}\u0000${s.branch}`,
-  title: (s) => `${s.title}\u0000${s.url}`,
-  state: (s) => s.state,
+  title: (s) => s.title,
+  state: (s) => `${s.state}\u0000${s.stalledSince ?? ''}`,
   planStatus: (s) => s.planStatus,
   approval: (s) => `${s.approval?.state}\u0000${s.approval?.approvedAt ?? ''}`,
   updatedAt: (s) => s.updatedAt,
@@ -52,25 +54,6 @@ const fingerprint = {
 
 // Changes to these are not "news" worth a highlight: every update moves the time.
 const QUIET_FIELDS = new Set(['updatedAt']);
-
-function el(tag, props = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(props)) {
-    if (key === 'class') node.className = value;
-    else if (key === 'text') node.textContent = value;
-    else if (key.startsWith('data-') || key.startsWith('aria-') || key === 'role') {
-      node.setAttribute(key, value);
-    } else node[key] = value;
-  }
-  node.append(...children);
-  return node;
-}
-
-function externalLink(href, text, label) {
-  const link = el('a', { href, text, target: '_blank', rel: 'noopener noreferrer' });
-  if (label) link.title = label;
-  return link;
-}
 
 const draw = {
   repository(cell, s) {
@@ -87,16 +70,30 @@ const draw = {
     cell.title = s.branch ? `${s.repository} · ${s.branch}` : s.repository;
   },
   title(cell, s) {
-    const text = s.title || `Session ${s.id}`;
-    cell.replaceChildren(s.url ? externalLink(s.url, text, `Open session ${s.id} in Jules`) : text);
+    // The title opens the session's detail (its plan, messages, controls); the detail links
+    // to Jules. A real link: keyboard, middle click and "copy link" all work.
+    const link = el('a', { href: sessionHref(s.id), text: s.title || `Session ${s.id}` });
+    link.title = 'Show the plan, messages and controls of this session';
+    cell.replaceChildren(link);
   },
-  state(cell, s) {
+  state(cell, s, record) {
     const { label, tone } = stateInfo(s.state);
     const badge = cell.firstElementChild ?? cell.appendChild(el('span'));
     badge.className = `badge tone-${tone}`;
     badge.textContent = label;
     cell.dataset.value = s.state;
     cell.title = s.state;
+    // A session that works but has said nothing for a while: flagged under its state, and
+    // the clock keeps the "for 23 min" current.
+    let stall = cell.querySelector('.stall');
+    if (s.stalledSince) {
+      stall ??= cell.appendChild(el('span', { class: 'stall', 'data-testid': 'stalled' }));
+      stall.title = `Stalled: no new activity since ${absoluteTime(parseTime(s.stalledSince))}`;
+      record.stallText = '';
+    } else {
+      stall?.remove();
+    }
+    cell.classList.toggle('stalled', Boolean(s.stalledSince));
   },
   planStatus(cell, s) {
     cell.replaceChildren(el('span', { text: planLabel(s.planStatus) }));
@@ -158,7 +155,6 @@ export class Dashboard {
     this.feedList = $('feed');
     this.feedEmpty = $('feed-empty');
     this.positionText = $('position');
-    this.baseTitle = doc.title;
 
     this.records = new Map(); // id -> {session, updatedMs, row?, cells?, timeText, shown}
     this.dirty = new Set(); // ids whose data changed since the last frame
@@ -174,6 +170,7 @@ export class Dashboard {
     this.chipStates = '';
     this.lastFrameStats = { ms: 0, dirty: 0 };
     this.drawnOnce = false;
+    this.onOpen = null; // (sessionId) => void: a row was clicked
 
     this.#wire();
     this.#syncSortHeader();
@@ -212,6 +209,16 @@ export class Dashboard {
     this.#schedule();
   }
 
+  /** The session with this id as last received, or null. */
+  session(id) {
+    return this.records.get(id)?.session ?? null;
+  }
+
+  /** Every session as last received. */
+  *sessions() {
+    for (const record of this.records.values()) if (record.session) yield record.session;
+  }
+
   /** Dim the table when the data may be stale (not live), so nobody trusts it blindly. */
   setStale(stale) {
     this.root.classList.toggle('stale', stale);
@@ -231,6 +238,7 @@ export class Dashboard {
         cells: null,
         shown: null,
         timeText: '',
+        stallText: '',
         index: -1,
       });
     }
@@ -308,6 +316,8 @@ export class Dashboard {
     }
     record.row.dataset.state = s.state;
     record.row.classList.toggle('needs-you', needsAttention(s.state));
+    if (s.stalledSince) record.row.dataset.stalled = 'true';
+    else delete record.row.dataset.stalled;
     this.structureDirty = true;
   }
 
@@ -341,11 +351,9 @@ export class Dashboard {
     const counts = new Map();
     const repos = new Set();
     let shown = 0;
-    let attention = 0;
     for (const record of all) {
       const s = record.session;
       repos.add(s.repository);
-      if (needsAttention(s.state)) attention += 1;
       const facet =
         (!repo || s.repository === repo) &&
         (!needle ||
@@ -377,7 +385,6 @@ export class Dashboard {
     this.#drawEmpty(all.length, shown);
     this.root.dataset.rows = String(all.length);
     this.root.dataset.visibleRows = String(shown);
-    document.title = attention ? `(${attention}) ${this.baseTitle}` : this.baseTitle;
   }
 
   /** Highlight what changed; in a burst, only near the top of the list, where eyes are. */
@@ -555,6 +562,14 @@ export class Dashboard {
         record.timeText = text;
         record.cells.updatedAt.firstChild.textContent = text;
       }
+      if (record.session.stalledSince) {
+        const stall = stallText(record.session.stalledSince, now);
+        if (stall !== record.stallText) {
+          record.stallText = stall;
+          const note = record.cells.state.querySelector('.stall');
+          if (note) note.textContent = stall;
+        }
+      }
     }
     for (const item of this.feedItems) {
       const text = relativeTime(item.ms, now);
@@ -631,6 +646,13 @@ export class Dashboard {
       if (!chip) return;
       const state = chip.dataset.state;
       this.#setPrefs({ state: state && this.prefs.state === state ? '' : state });
+    });
+    // A click anywhere on a row (not on one of its links) opens the session's detail, like
+    // its title link does from the keyboard. Selecting text in a row is not a click.
+    this.body.addEventListener('click', (event) => {
+      if (event.target.closest('a, button') || String(window.getSelection?.() ?? '')) return;
+      const row = event.target.closest('tr[data-session-id]');
+      if (row && !row.dataset.leaving) this.onOpen?.(row.dataset.sessionId);
     });
     this.feedList.addEventListener('click', (event) => {
       const target = event.target.closest('button.feed-target');
