@@ -40,6 +40,8 @@ from control_room.store.base import StoreError
 from control_room.ws.hub import Hub
 from control_room.ws.params import AHEAD_OF_SERVER, BadParameter, parse_seq
 
+TIMELINE_PENDING_RETRY_S: Final = 1
+"""Jules' 404 on a new session's activities lasts well under a second or two."""
 RETRY_STORE_S: Final = 5  # a store outage is retried by the poller each interval, too
 MAX_DELTAS_PER_PAGE: Final = 1_000  # one response stays a few MB at most
 DEFAULT_ACTIVITIES_PER_PAGE: Final = 100  # a whole timeline of a typical session
@@ -215,6 +217,7 @@ class Api:
                 message=f"pageSize: from 1 to {MAX_ACTIVITIES_PER_PAGE}, got {size}",
             )
         timeline = state.peek_timeline(sid)
+        pending = False
         if timeline is not None and timeline.complete:
             activities = timeline.activities
         else:
@@ -227,6 +230,7 @@ class Api:
             if sid not in state.sessions:
                 return json_error(404, "not_found", message=f"no session {sid!r}")
             activities = read or []
+            pending = read is None
         # Read together with the activities, with no await between: a consistent pair.
         position = self._broker.position
         end = offset + size
@@ -235,8 +239,12 @@ class Api:
             activities=activities[offset:end],
             nextPageToken=str(end) if end < len(activities) else None,
             activitiesSeq=position.activities_seq,
+            pending=pending,
         )
-        return json_bytes(encode(page))
+        response = json_bytes(encode(page))
+        if pending:
+            response.headers["Retry-After"] = str(TIMELINE_PENDING_RETRY_S)
+        return response
 
     async def _read_timeline(self, sid: str) -> list[Activity] | None:
         """A session's whole timeline read from Jules and kept in the state; None when Jules

@@ -237,6 +237,9 @@ class ActivityPage(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True
     activities: list[Activity]
     nextPageToken: str | None = None
     activitiesSeq: int | None = None
+    pending: bool = False
+    """True when Jules has no timeline for the session yet (its transient 404 right after a
+    create): the page is empty for now, not for good; read again after `Retry-After`."""
 
 
 class ActivityDetail(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True):

@@ -423,11 +423,12 @@ async def test_deep_links_and_the_keyboard(page: Page, sim: Simulator, room: Ser
     drawer = page.get_by_test_id("detail")
     await expect(drawer).to_be_visible(timeout=LIVE_TIMEOUT_MS)
     await expect(drawer.get_by_test_id("detail-title")).to_have_text("Fix flaky login test")
-    assert page.url.endswith(f"#session={sid}")  # the token left; the session stays
+    # The token left the address bar; the session stays (waited for: the page rewrites it).
+    await expect(page).to_have_url(re.compile(rf"#session={sid}$"))
 
     await page.keyboard.press("Escape")
     await expect(drawer).to_be_hidden()
-    assert "#" not in page.url
+    await expect(page).to_have_url(re.compile(r"^[^#]*$"))
 
     link = cell(page, sid, "title").get_by_role("link")
     await link.focus()

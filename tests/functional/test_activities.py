@@ -194,6 +194,11 @@ async def test_the_transient_404_after_a_create_is_read_again_not_an_error(
         await poll(service)
         assert kinds(await messages_until_quiet(ws)) == [("created", s["id"])]
         assert service.state.health.reasons() == []  # not a fault
+        url = f"{service.url}/api/sessions/{s['id']}/activities"
+        async with http.get(url, headers=AUTH) as resp:
+            page = await resp.json()
+            assert (resp.status, resp.headers["Retry-After"]) == (200, "1")
+        assert (page["activities"], page["pending"]) == ([], True)  # empty for now, not for good
         clock.now += 1  # the window is over
         await poll(service)
         got = await messages_until_quiet(ws)

@@ -20,6 +20,7 @@ const LOADS_IN_FLIGHT_MAX = 3;
 // waits on its plan (Jules answers 404 for its activities for a moment, which reads as
 // "none yet"). Such a timeline is read again after 1, 2 and 4 s, then left to live updates.
 const REREAD_DELAYS_MS = [1000, 2000, 4000];
+const PENDING_RETRY_MS = 1000; // the server's Retry-After for a pending timeline
 
 function newEntry(sessionId) {
   return {
@@ -211,6 +212,11 @@ export class Timelines {
     if (!answer.ok) {
       entry.error = { code: answer.code, message: answer.message, status: answer.status };
       this.#changed(sessionId);
+      return;
+    }
+    if (answer.body.pending) {
+      // Jules has no timeline for a session just created: empty for now, not for good.
+      setTimeout(() => this.ensure(sessionId, { retry: true }), PENDING_RETRY_MS);
       return;
     }
     for (const activity of answer.body.activities) {
