@@ -25,13 +25,18 @@ so a change in the machine's load between rounds moves both sides of a ratio tog
 
 from __future__ import annotations
 
+import argparse
+import signal
 import statistics
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
 from bench import run as bench
+from bench.loadgen import raise_file_limit
 from bench.run import Load, Suite
+from control_room.tasks import run_loop
 
 VARIANT_CLIENTS: Final = 1_000  # the issues state their goals at 1,000 clients
 VARIANT_ROUNDS: Final = 3  # a median needs three; a round of the broadcast runs is ~2 min
@@ -173,9 +178,13 @@ def paired_ratio(
     return (statistics.median(ratios) if ratios else 0.0), [round(r, 3) for r in ratios]
 
 
-async def measure(suite: Suite, rounds: int, *, fanout: bool = True) -> dict[str, Any]:
-    """Every variant run, the broadcast ones `rounds` times interleaved; the report section."""
+async def measure(
+    suite: Suite, rounds: int, *, fanout: bool = True, keys: Sequence[str] = ()
+) -> dict[str, Any]:
+    """Every variant run (or those of `keys`), the broadcast ones `rounds` times
+    interleaved; the report section."""
     servers = set(suite.servers)
+    wanted = set(keys)
     raw: dict[str, dict[str, list[dict[str, Any]]]] = {}
 
     async def one(spec: Run, label: str) -> dict[str, Any]:
@@ -190,7 +199,7 @@ async def measure(suite: Suite, rounds: int, *, fanout: bool = True) -> dict[str
     for i in range(rounds):
         print(f"  round {i + 1} of {rounds}", flush=True)
         for spec in BROADCAST_RUNS:
-            if spec.server not in servers:
+            if spec.server not in servers or (wanted and spec.key not in wanted):
                 continue
             figures = await one(spec, f"{spec.server} {spec.key}")
             raw.setdefault(spec.server, {}).setdefault(spec.key, []).append(figures)
@@ -198,7 +207,7 @@ async def measure(suite: Suite, rounds: int, *, fanout: bool = True) -> dict[str
     if fanout:
         print("  fan-out, realistic deltas", flush=True)
         for spec in FANOUT_RUNS:
-            if spec.server in servers:
+            if spec.server in servers and (not wanted or f"fanout-{spec.key}" in wanted):
                 label = f"{spec.server} fan-out {spec.key}"
                 fan.setdefault(spec.server, {})[spec.key] = await one(spec, label)
     broadcast = {
@@ -238,7 +247,7 @@ def broadcast_table(section: dict[str, Any]) -> list[str]:
     header = [
         "server", "clients get", "CPU s /100k (median)", "×plain", "each round",
         "delivered", "cut", "p99 ms", "last-client p99 ms", "bytes/delivery on the wire",
-        "uncompressed", "server CPU", "negotiated",
+        "uncompressed", "server CPU", "peak RSS MiB", "negotiated",
     ]  # fmt: skip
     rows: list[list[object]] = []
     for server, by_key in section["broadcast"].items():
@@ -261,6 +270,7 @@ def broadcast_table(section: dict[str, Any]) -> list[str]:
                     f"{f['wire_bytes_per_delivery']:,.0f}",
                     f"{f['payload_bytes_per_delivery']:,.0f}",
                     f"{f['cpu_util']:.0%}",
+                    f"{f['peak_rss_mib']:.0f}",
                     ", ".join(f"{k} {v:,}" for k, v in sorted(f["negotiated"].items())),
                 ]
             )
@@ -374,3 +384,55 @@ def goals(section: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
             )
         )
     return out
+
+
+# ----------------------------------------------------------------------------- main
+
+
+async def _main(args: argparse.Namespace) -> None:
+    suite = Suite(
+        servers=[s for s in args.servers.split(",") if s in bench.SERVERS],
+        fanout_ns=[],
+        broadcast_ns=[],
+        idle_ns=[],
+        diff_sizes=[],
+    )
+    upstream = await bench.start_upstream(suite)
+    try:
+        if args.profile:
+            spec = next(r for r in BROADCAST_RUNS if r.key == args.profile and r.server == CR)
+            raw = bench.RESULTS / f"profile-variant-{spec.load.tag}.txt"
+            figures = await bench.traffic(
+                suite, CR, VARIANT_CLIENTS, spec.mode, profile=raw, workload=spec.load
+            )
+            cpu, delivered = figures["cpu_per_100k"], figures["delivered"]
+            print(f"CPU s /100k {cpu:.3f}, delivered {delivered:.2%}")
+            print(bench.profile_summary(raw))
+            return
+        keys = [k for k in args.keys.split(",") if k]
+        section = await measure(suite, args.rounds, fanout=args.fanout, keys=keys)
+    finally:
+        upstream.send_signal(signal.SIGTERM)
+        await upstream.wait()
+    print("\n".join(markdown(section)))
+    for note in suite.notes:
+        print(f"- {note}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m bench.variants`: this section alone, some of its runs, or one profiled."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=VARIANT_ROUNDS)
+    parser.add_argument("--keys", default="", help="runs to make, e.g. views-1,views-10")
+    parser.add_argument("--fanout", action="store_true", help="the fan-out runs too")
+    parser.add_argument("--servers", default="control-room,node-ws")
+    parser.add_argument("--profile", default="", help="py-spy the control room in this run")
+    args = parser.parse_args(argv)
+    raise_file_limit()
+    bench.RESULTS.mkdir(parents=True, exist_ok=True)
+    run_loop(_main(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
