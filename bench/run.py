@@ -944,6 +944,14 @@ def goals(report: dict[str, Any]) -> list[list[object]]:
             f"{big['still_connected']:,} held",
             big["still_connected"] >= 10_000,
         )
+        node_big = report["idle"].get(REFERENCE, {}).get("10000")
+        node_kib = f"; node-ws {node_big['kib_per_conn']:.1f}" if usable(node_big) else ""
+        goal(
+            "RSS per idle connection at 10,000, heartbeat running (issue 13)",
+            "≤ 8 KiB",
+            f"{big['kib_per_conn']:.1f} KiB{node_kib}",
+            big["kib_per_conn"] <= 8,
+        )
     d = report["diff"].get("control-room", {}).get("10000")
     if usable(d):
         assert d is not None
