@@ -26,6 +26,7 @@ so a change in the machine's load between rounds moves both sides of a ratio tog
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import statistics
 import sys
@@ -414,13 +415,15 @@ async def _main(args: argparse.Namespace) -> None:
     finally:
         upstream.send_signal(signal.SIGTERM)
         await upstream.wait()
+    (bench.RESULTS / "variants.json").write_text(json.dumps(section, indent=1) + "\n")
     print("\n".join(markdown(section)))
     for note in suite.notes:
         print(f"- {note}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m bench.variants`: this section alone, some of its runs, or one profiled."""
+    """`python -m bench.variants`: this section alone (also written to
+    bench/results/variants.json), some of its runs, or one run profiled."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=VARIANT_ROUNDS)
     parser.add_argument("--keys", default="", help="runs to make, e.g. views-1,views-10")
