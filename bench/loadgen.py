@@ -96,6 +96,24 @@ def variant_for(variant: str, index: int) -> ClientVariant:
     return ClientVariant.named(variant)
 
 
+SPREADS: Final = ("cycle", "block")
+
+
+def spread_index(spread: str, index: int, clients: int, kinds: int) -> int:
+    """Which view or mix variant the `index`-th client to connect takes, as an index that
+    `view_params` and `variant_for` reduce modulo their count (`kinds` the larger of them).
+
+    `cycle`: one of each in turn, as clients of a real service arrive; `block`: the first
+    `clients / kinds` take the first, and so on, so each group's clients are neighbours in
+    connection order (and in the server's memory).
+    """
+    if spread == "cycle":
+        return index
+    if spread == "block":
+        return index * kinds // max(clients, 1)
+    raise ValueError(f"unknown spread {spread!r}; expected one of {', '.join(SPREADS)}")
+
+
 def connect_request(
     url: str, token: str, variant: ClientVariant, view: list[tuple[str, str]]
 ) -> tuple[str, list[tuple[str, str]]]:
@@ -351,6 +369,7 @@ async def run(
     variant: str = "plain",
     views: int = 0,
     view_mode: str = "all",
+    spread: str = "cycle",
 ) -> None:
     """Connect, say READY, wait for STOP (or the deadline), say RESULT, leave.
 
@@ -359,14 +378,15 @@ async def run(
     raise_file_limit()
     started = time.perf_counter()
     gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
+    order = [spread_index(spread, i, clients, max(views, len(MIX))) for i in range(clients)]
     requests = [
         connect_request(
             url,
             token,
-            variant_for(variant, i),
-            view_params(view_mode, views, i) if views else [],
+            variant_for(variant, j),
+            view_params(view_mode, views, j) if views else [],
         )
-        for i in range(clients)
+        for j in order
     ]
     outcomes = await asyncio.gather(*(connect(u, h, gate) for u, h in requests))
     transports = [o for o in outcomes if not isinstance(o, str)]
@@ -407,6 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--views", type=int, default=0, help="distinct views (0: no filter)")
     parser.add_argument("--view-mode", choices=VIEW_MODES, default="all")
+    parser.add_argument("--spread", choices=SPREADS, default="cycle")
     args = parser.parse_args(argv)
     if args.variant != "mix":
         try:
@@ -421,6 +442,7 @@ def main(argv: list[str] | None = None) -> int:
         variant=args.variant,
         views=args.views,
         view_mode=args.view_mode,
+        spread=args.spread,
     )
     run_loop(coro)
     return 0

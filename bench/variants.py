@@ -94,6 +94,16 @@ BROADCAST_RUNS: Final = (
 )
 """Broadcast alone: the CPU comparisons, repeated in rounds."""
 
+EXTRA_RUNS: Final = (
+    _run(CR, "publish", "views-10-block", f"{VIEWS} views, each admitting every delta, each "
+         "view's clients connected one after another", *ALL_VIEWS, "--spread", "block"),
+    _run(CR, "publish", "mix-block", "the mix, each variant's clients connected one after "
+         "another", "--variant", "mix", "--spread", "block"),
+)
+"""Run only when named (`--keys`): the same groups with their clients neighbours in
+connection order, to tell the cost of more groups from the cost of visiting clients out of
+the order they were allocated in."""
+
 FANOUT_RUNS: Final = (
     _run(CR, "poll", "plain", "JSON, uncompressed"),
     _run(CR, "poll", "deflate", "permessage-deflate, no context takeover",
@@ -120,6 +130,8 @@ RATIOS: Final = (
     ("mix of four ÷ its four parts alone (mean)", "mix", MIX_PARTS, None),
     ("10 views, all admitted ÷ 1 view", "views-10", "views-1", None),
     ("10 views, a tenth each ÷ 1 view", "views-10-split", "views-1", None),
+    ("10 views, clients in view order ÷ 1 view", "views-10-block", "views-1", None),
+    ("mix, clients in variant order ÷ plain", "mix-block", "plain", None),
 )
 """CPU per delivery comparisons within a round, control room (and node-ws where it has both)."""
 
@@ -154,28 +166,44 @@ def median_figures(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def per_delivery(figures: dict[str, Any], kind: str) -> float:
+    """Server CPU s per 100,000 deliveries: `all` of it, or only its `user` (Python) part.
+
+    The user part leaves out the kernel's loopback TCP path, which is most of the cost and
+    moves with how busy the receiving processes are; what a variant adds is Python work.
+    """
+    total: float = figures["cpu_per_100k"]
+    if kind == "all" or not figures.get("cpu_s"):
+        return total
+    share: float = figures["cpu_user_s"] / figures["cpu_s"]
+    return total * share
+
+
 def mix_parts(runs: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """Per round, the mean CPU per delivery of the mix's four variants run alone."""
+    """Per round, the mean CPU per delivery (all, user) of the mix's four variants alone."""
     out: list[dict[str, Any]] = []
     parts = [runs.get(key, []) for key in MIX_OF]
     for in_round in zip(*parts, strict=False):
         if any("error" in f for f in in_round) or len(in_round) < len(MIX_OF):
             out.append({"error": "a part failed"})
             continue
-        out.append({"cpu_per_100k": statistics.mean(f["cpu_per_100k"] for f in in_round)})
+        total = statistics.mean(per_delivery(f, "all") for f in in_round)
+        user = statistics.mean(per_delivery(f, "user") for f in in_round)
+        out.append({"cpu_per_100k": total, "cpu_s": 1.0, "cpu_user_s": user / total})
     return out
 
 
 def paired_ratio(
-    runs: dict[str, list[dict[str, Any]]], top: str, bottom: str
+    runs: dict[str, list[dict[str, Any]]], top: str, bottom: str, kind: str = "all"
 ) -> tuple[float, list[float]]:
-    """Median over rounds of `top`'s CPU per delivery ÷ `bottom`'s in the same round."""
+    """Median over rounds of `top`'s CPU per delivery ÷ `bottom`'s in the same round
+    (`kind`: all of the CPU, or its user part)."""
     ratios = []
     bottoms = mix_parts(runs) if bottom == MIX_PARTS else runs.get(bottom, [])
     for a, b in zip(runs.get(top, []), bottoms, strict=False):
-        if "error" in a or "error" in b or not b["cpu_per_100k"]:
+        if "error" in a or "error" in b or not per_delivery(b, kind):
             continue
-        ratios.append(a["cpu_per_100k"] / b["cpu_per_100k"])
+        ratios.append(per_delivery(a, kind) / per_delivery(b, kind))
     return (statistics.median(ratios) if ratios else 0.0), [round(r, 3) for r in ratios]
 
 
@@ -199,8 +227,10 @@ async def measure(
 
     for i in range(rounds):
         print(f"  round {i + 1} of {rounds}", flush=True)
-        for spec in BROADCAST_RUNS:
+        for spec in (*BROADCAST_RUNS, *EXTRA_RUNS):
             if spec.server not in servers or (wanted and spec.key not in wanted):
+                continue
+            if spec in EXTRA_RUNS and spec.key not in wanted:
                 continue
             figures = await one(spec, f"{spec.server} {spec.key}")
             raw.setdefault(spec.server, {}).setdefault(spec.key, []).append(figures)
@@ -220,9 +250,12 @@ async def measure(
         for figure, top, bottom, goal in RATIOS:
             if top in by_key and (bottom in by_key or bottom == MIX_PARTS):
                 median, each = paired_ratio(by_key, top, bottom)
+                user, user_each = paired_ratio(by_key, top, bottom, "user")
                 ratios.setdefault(server, {})[figure] = {
                     "median": median,
                     "rounds": each,
+                    "user_median": user,
+                    "user_rounds": user_each,
                     "goal": goal,
                 }
     return {
@@ -239,7 +272,8 @@ async def measure(
 
 
 def _labels() -> dict[tuple[str, str, str], str]:
-    return {(r.server, r.mode, r.key): r.label for r in (*BROADCAST_RUNS, *FANOUT_RUNS)}
+    runs = (*BROADCAST_RUNS, *EXTRA_RUNS, *FANOUT_RUNS)
+    return {(r.server, r.mode, r.key): r.label for r in runs}
 
 
 def broadcast_table(section: dict[str, Any]) -> list[str]:
@@ -280,7 +314,10 @@ def broadcast_table(section: dict[str, Any]) -> list[str]:
 
 def ratio_table(section: dict[str, Any]) -> list[str]:
     """The CPU comparisons: median over rounds of the ratio within a round, and the goal."""
-    header = ["server", "CPU per delivery", "median ratio", "each round", "goal", "verdict"]
+    header = [
+        "server", "CPU per delivery", "median ratio", "each round", "goal", "verdict",
+        "user CPU only: median", "each round",
+    ]  # fmt: skip
     rows: list[list[object]] = []
     for server, figures in section["ratios"].items():
         for figure, r in figures.items():
@@ -294,6 +331,8 @@ def ratio_table(section: dict[str, Any]) -> list[str]:
                     " / ".join(f"{x:.2f}" for x in r["rounds"]),
                     "" if goal is None else f"≤ {goal}×",
                     verdict,
+                    f"{r.get('user_median', 0):.2f}×",
+                    " / ".join(f"{x:.2f}" for x in r.get("user_rounds", [])),
                 ]
             )
     return bench.table(header, rows)

@@ -8,7 +8,14 @@ from collections.abc import Iterator
 import picows
 import pytest
 from bench.broadcast_server import Publisher
-from bench.loadgen import ClientVariant, Stats, connect, connect_request, variant_for
+from bench.loadgen import (
+    ClientVariant,
+    Stats,
+    connect,
+    connect_request,
+    spread_index,
+    variant_for,
+)
 from bench.workload import view_params
 
 from control_room.app import Service
@@ -115,3 +122,10 @@ def test_variant_names_combine_and_unknown_parts_are_refused() -> None:
     ]
     with pytest.raises(ValueError, match="gzip"):
         ClientVariant.named("gzip")
+
+
+def test_clients_take_views_in_turn_or_in_blocks() -> None:
+    assert [spread_index("cycle", i, 8, 4) % 4 for i in range(8)] == [0, 1, 2, 3, 0, 1, 2, 3]
+    assert [spread_index("block", i, 8, 4) for i in range(8)] == [0, 0, 1, 1, 2, 2, 3, 3]
+    with pytest.raises(ValueError, match="spread"):
+        spread_index("random", 0, 8, 4)
