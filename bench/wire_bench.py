@@ -13,7 +13,8 @@ For each, median over repeats of many iterations, in µs per message:
   MessagePack form transcoded from the JSON bytes it already has (`ws.prepared`);
 - `deflate`: `ws.prepared.deflate` of the JSON (level 6, no context takeover), once per
   message per broadcast;
-- `decode json` / `decode msgpack`: a client decoding the message to plain objects.
+- `decode json` / `decode msgpack`: a client decoding the message to plain objects;
+- for `updated` deltas, making their JSON Patch form, once per broadcast for patch clients.
 Bytes: JSON, MessagePack, and each compressed (as permessage-deflate sends them).
 """
 
@@ -133,6 +134,18 @@ def per_call_us(fn: Callable[[], Any]) -> float:
     return statistics.median(timings)
 
 
+def patch_form_us(delta: SessionDelta) -> float:
+    """µs to make an `updated` delta's JSON Patch form from its JSON, as `ws.prepared` does
+    once per broadcast for patch clients: decode, diff (the `jsonpatch` library), encode."""
+    as_json = _json_encode(delta)
+    decoder = msgspec.json.Decoder(SessionDelta)
+
+    def form() -> bytes:
+        return _json_encode(_patch(decoder.decode(as_json)))
+
+    return per_call_us(form)
+
+
 def measure(name: str, message: msgspec.Struct) -> dict[str, Any]:
     """Every figure of one message."""
     as_json = _json_encode(message)
@@ -152,6 +165,11 @@ def measure(name: str, message: msgspec.Struct) -> dict[str, Any]:
         "deflate_us": per_call_us(lambda: deflate(as_json, WINDOW_BITS)),
         "decode_json_us": per_call_us(lambda: msgspec.json.decode(as_json)),
         "decode_msgpack_us": per_call_us(lambda: msgspec.msgpack.decode(as_msgpack)),
+        "patch_form_us": (
+            patch_form_us(message)
+            if isinstance(message, SessionDelta) and message.type == "updated"
+            else None
+        ),
     }
 
 
@@ -181,6 +199,10 @@ def table(rows: list[dict[str, Any]]) -> str:
             f" {r['json_deflate_bytes'] / j:>6.2f} {r['msgpack_deflate_bytes']:>17,}"
             f" {r['msgpack_deflate_bytes'] / j:>6.2f}"
         )
+    lines += ["", "the JSON Patch form of an `updated` delta (decode, jsonpatch diff, encode):"]
+    for r in rows:
+        if r["patch_form_us"] is not None:
+            lines.append(f"  {r['message']:<{width}}  {r['patch_form_us']:>8.1f} µs")
     return "\n".join(lines)
 
 
