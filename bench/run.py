@@ -8,6 +8,9 @@ Workloads (all on 127.0.0.1; every loop bounded in count and time):
   diff       diff + mapping of 10,000 and 50,000 sessions with 1 % changed.
   store      `bench.store_bench` and `bench.replay_bench` (persistence and replay figures).
   cluster    `bench.cluster_bench`: the Redis hop, fan-out over two nodes, takeover.
+  variants   wire variants and views at 1,000 clients (`bench.variants`, issues 12 and 13).
+  wire       MessagePack vs JSON, deflate: encode time and bytes (`bench.wire_bench`).
+  snapshot   a 10.5 MB snapshot to a client reading 1 MB/s (`bench.snapshot_bench`).
 
 Servers: `control-room` (this project; `bench.broadcast_server` for the broadcast
 workload), `node-ws` (the seed's design in Node `ws`, bench/peers/node-ws) and
@@ -246,8 +249,10 @@ class Worker:
         self.ready: dict[str, Any] = {}
 
     @classmethod
-    async def start(cls, url: str, clients: int) -> Worker:
-        """Spawn it; READY is awaited separately so workers connect in parallel."""
+    async def start(cls, url: str, clients: int, args: Sequence[str] = ()) -> Worker:
+        """Spawn it; READY is awaited separately so workers connect in parallel.
+
+        `args` are more `bench.loadgen` options (`--variant`, `--views`, ...)."""
         proc = await asyncio.create_subprocess_exec(
             PY,
             "-m",
@@ -258,6 +263,7 @@ class Worker:
             TOKEN,
             "--clients",
             str(clients),
+            *args,
             preexec_fn=die_with_parent,
             cwd=ROOT,
             stdin=subprocess.PIPE,
@@ -313,11 +319,11 @@ class Worker:
             self.proc.kill()
 
 
-async def start_clients(url: str, n: int) -> tuple[list[Worker], int]:
+async def start_clients(url: str, n: int, args: Sequence[str] = ()) -> tuple[list[Worker], int]:
     """Spread `n` clients over load-generator processes; wait until all tried to connect."""
     count = max(1, -(-n // CLIENTS_PER_WORKER))
     shares = [n // count + (1 if i < n % count else 0) for i in range(count)]
-    workers = [await Worker.start(url, share) for share in shares]
+    workers = [await Worker.start(url, share, args) for share in shares]
     try:
         readies = await asyncio.gather(*(w.wait_ready() for w in workers))
     except BaseException:
@@ -362,9 +368,16 @@ def pct(sorted_values: Sequence[float], q: float) -> float:
 
 
 def summarise(
-    results: Sequence[dict[str, Any]], first_cid: int, changes: int, connected: int, window: float
+    results: Sequence[dict[str, Any]],
+    first_cid: int,
+    changes: int,
+    connected: int,
+    window: float,
+    share: float = 1.0,
 ) -> dict[str, Any]:
-    """Client-side figures of one run: delivered fraction, latencies, cuts."""
+    """Client-side figures of one run: delivered fraction, latencies, cuts.
+
+    `share` is the fraction of the changes each client's view admits (1: all of them)."""
     last_cid = first_cid + changes - 1
     per_change: dict[int, list[int]] = {}
     lat = array("I")
@@ -388,7 +401,7 @@ def summarise(
             entry[0] += count
             entry[1] = max(entry[1], worst)
     deliveries = sum(c for c, _ in per_change.values())
-    expected = changes * connected
+    expected = round(changes * connected * share)
     ordered = sorted(lat)
     last = sorted(w for _, w in per_change.values())
     return {
@@ -408,6 +421,23 @@ def summarise(
         "last_p50_ms": pct(last, 0.50) / 1000,
         "last_p99_ms": pct(last, 0.99) / 1000,
         "last_max_ms": (last[-1] if last else 0) / 1000,
+    }
+
+
+def wire_figures(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Bytes on the wire per delivery (frame payloads as received, compressed or not), the
+    same uncompressed, and what the clients' handshakes negotiated, over every client."""
+    deliveries = sum(r["deliveries"] for r in results)
+    wire = sum(r.get("wire_bytes", 0) for r in results)
+    payload = sum(r["payload_bytes"] for r in results)
+    negotiated: Counter[str] = Counter()
+    for r in results:
+        negotiated.update(r.get("negotiated", {}))
+    return {
+        "wire_bytes_per_delivery": wire / deliveries if deliveries else 0.0,
+        "payload_bytes_per_delivery": payload / deliveries if deliveries else 0.0,
+        "compressed_messages": sum(r.get("compressed", 0) for r in results),
+        "negotiated": dict(negotiated),
     }
 
 
@@ -448,8 +478,12 @@ class Suite:
     broadcast_ns: list[int]
     idle_ns: list[int]
     diff_sizes: list[int]
-    texts: tuple[str, ...] = ("store", "replay", "cluster")  # TEXT_BENCHES to run
+    texts: set[str] = field(
+        default_factory=lambda: {"store", "replay", "cluster", "wire", "snapshot"}
+    )  # TEXT_BENCHES to run
     budget_minutes: float = 3.0  # 0: no request-budget run
+    variant_rounds: int = 0  # 0: no variants section
+    variant_fanout: bool = True
     upstream_base: str = ""
     upstream_control: str = ""
     notes: list[str] = field(default_factory=list)
@@ -471,8 +505,33 @@ async def upstream_run(control: str, k: int, period_ms: float, periods: int) -> 
     return int(body["first_cid"]), int(body["changes"])
 
 
+@dataclass(frozen=True)
+class Load:
+    """How a run's clients subscribe and what the server publishes (default: the seed's).
+
+    `loadgen`: more `bench.loadgen` options; `env`: more server environment;
+    `repositories`: deltas per broadcast, one per repository (the broadcast server only);
+    `share`: the fraction of the published deltas each client's view admits.
+    """
+
+    tag: str = ""
+    loadgen: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    repositories: int = 1
+    share: float = 1.0
+
+
+SEED_LOAD: Final = Load()
+
+
 async def traffic(
-    suite: Suite, name: str, n: int, mode: str, *, profile: Path | None = None
+    suite: Suite,
+    name: str,
+    n: int,
+    mode: str,
+    *,
+    profile: Path | None = None,
+    workload: Load = SEED_LOAD,
 ) -> dict[str, Any]:
     """One fan-out (`poll`) or broadcast-alone (`publish`) run of `n` clients, plus a probe.
 
@@ -481,16 +540,19 @@ async def traffic(
     it last, and its process has nothing else to read, so its latency is the server's own
     "last client" time without the load generator's queueing.
     """
-    server = server_for(name, mode, suite.upstream_base, {"_TAG": f"{mode}-{n}"})
+    tag = f"{mode}-{n}" + (f"-{workload.tag}" if workload.tag else "")
+    server = server_for(name, mode, suite.upstream_base, {"_TAG": tag, **dict(workload.env)})
+    if name == "control-room" and mode == "publish" and workload.repositories != 1:
+        server.argv += ["--repositories", str(workload.repositories)]
     await server.start()
     workers: list[Worker] = []
     spy: asyncio.subprocess.Process | None = None
     try:
         await asyncio.sleep(SETTLE_S)  # the baseline poll
         url = f"ws://127.0.0.1:{server.port}/"
-        workers, connected = await start_clients(url, n)
+        workers, connected = await start_clients(url, n, workload.loadgen)
         note_shortfall(suite, f"{name} {mode} {n:,}", connected, n)
-        probe, probed = await start_clients(url, 1)
+        probe, probed = await start_clients(url, 1, workload.loadgen)
         workers += probe
         await asyncio.sleep(SETTLE_S)
         if mode == "poll":
@@ -508,9 +570,9 @@ async def traffic(
         else:
             # Each server numbers its own deltas from 1; a run publishes PUBLISH_COUNT.
             server.signal(signal.SIGUSR2)
-            first, changes = 1, PUBLISH_COUNT
+            first, changes = 1, PUBLISH_COUNT * workload.repositories
         await asyncio.sleep(window)
-        await drain(workers, changes * (connected + probed))
+        await drain(workers, round(changes * (connected + probed) * workload.share))
         user1, sys1 = cpu_times(server.pid)
         elapsed = time.perf_counter() - t0
         load = sum(sum(cpu_times(w.proc.pid)) for w in workers) - load0
@@ -523,8 +585,9 @@ async def traffic(
         for w in workers:
             w.kill()
         await server.stop()
-    figures = summarise(results[:-1], first, changes, connected, window)
-    alone = summarise(results[-1:], first, changes, probed, window)
+    figures = summarise(results[:-1], first, changes, connected, window, workload.share)
+    alone = summarise(results[-1:], first, changes, probed, window, workload.share)
+    figures.update(wire_figures(results))
     figures.update(
         probe_p50_ms=alone["lat_p50_ms"],
         probe_p99_ms=alone["lat_p99_ms"],
@@ -889,6 +952,14 @@ def goals(report: dict[str, Any]) -> list[list[object]]:
             f"{big['still_connected']:,} held",
             big["still_connected"] >= 10_000,
         )
+        node_big = report["idle"].get(REFERENCE, {}).get("10000")
+        node_kib = f"; node-ws {node_big['kib_per_conn']:.1f}" if usable(node_big) else ""
+        goal(
+            "RSS per idle connection at 10,000, heartbeat running (issue 13)",
+            "≤ 8 KiB",
+            f"{big['kib_per_conn']:.1f} KiB{node_kib}",
+            big["kib_per_conn"] <= 8,
+        )
     d = report["diff"].get("control-room", {}).get("10000")
     if usable(d):
         assert d is not None
@@ -929,6 +1000,11 @@ def goals(report: dict[str, Any]) -> list[list[object]]:
             f"{finished:.2f} s (n={budget['finished']['n']})",
             finished <= 60,
         )
+    if report.get("variants"):
+        from bench import variants
+
+        for figure, target, measured, met in variants.goals(report["variants"]):
+            goal(figure, target, measured, met)
     return rows
 
 
@@ -964,11 +1040,17 @@ def markdown(report: dict[str, Any]) -> str:
         *diff_table(report["diff"], report["options"]["diff_sizes"]),
         "",
     ]
+    if report.get("variants"):
+        from bench import variants
+
+        lines += variants.markdown(report["variants"])
     titles = {
         "store": "Persistence",
         "replay": "Replay to a resuming client",
         "cluster": "Scale-out",
         "budget": "Requests to Jules (issue 12)",
+        "wire": "MessagePack vs JSON, and deflate, per message",
+        "snapshot": "A big snapshot to a slow reader",
     }
     for key, module in TEXT_BENCHES:
         if report.get(key):
@@ -1106,6 +1188,13 @@ async def run_suite(suite: Suite, command: str) -> dict[str, Any]:
                     report[key].setdefault(name, {})[str(n)] = await guarded(
                         f"{name} {n:,} clients", notes, measure
                     )
+        if suite.variant_rounds:
+            from bench import variants
+
+            print("wire variants and views", flush=True)
+            report["variants"] = await variants.measure(
+                suite, suite.variant_rounds, fanout=suite.variant_fanout
+            )
     finally:
         upstream.send_signal(signal.SIGTERM)
         with contextlib.suppress(TimeoutError):
@@ -1133,6 +1222,8 @@ TEXT_BENCHES: Final = (
     ("replay", "bench.replay_bench"),  # 10,000 deltas replayed to a resuming client (issue 3)
     ("cluster", "bench.cluster_bench"),  # Redis hop, fan-out over nodes, takeover (issue 14)
     ("budget", "bench.budget"),  # requests to Jules at 2,500 sessions, in real time (issue 12)
+    ("wire", "bench.wire_bench"),  # MessagePack vs JSON, deflate: time and bytes (issue 13)
+    ("snapshot", "bench.snapshot_bench"),  # 10.5 MB snapshot to a 1 MB/s reader (issue 13)
 )
 """Benchmarks that print their own table; their output is copied into the report."""
 
@@ -1190,10 +1281,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a shorter suite (no 5,000/10,000)")
     parser.add_argument(
-        "--only", default="", help="comma list: fanout,broadcast,idle,diff,store,cluster,budget"
+        "--only",
+        default="",
+        help="comma list: fanout,broadcast,idle,diff,store,cluster,budget,variants,wire,snapshot",
     )
     parser.add_argument(
         "--budget-minutes", type=float, default=3.0, help="length of the request-budget run"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=0, help="rounds of the variants section (default 3, quick 1)"
     )
     parser.add_argument("--servers", default=",".join(SERVERS), help="comma list of servers")
     parser.add_argument("--profile", action="store_true", help="py-spy the 1,000-client fan-out")
@@ -1208,17 +1304,20 @@ def main(argv: list[str] | None = None) -> int:
         idle_ns=[1000, 10_000] if big else [1000],
         diff_sizes=list(DIFF_SIZES) if big else [10_000],
         budget_minutes=args.budget_minutes if big else min(args.budget_minutes, 2.0),
+        variant_rounds=args.rounds or (3 if big else 1),
+        variant_fanout=big,
     )
     if args.only:
         wanted = set(args.only.split(","))
+        suite.variant_rounds = suite.variant_rounds if "variants" in wanted else 0
         suite.fanout_ns = suite.fanout_ns if "fanout" in wanted else []
         suite.broadcast_ns = suite.broadcast_ns if "broadcast" in wanted else []
         suite.idle_ns = suite.idle_ns if "idle" in wanted else []
         suite.diff_sizes = suite.diff_sizes if "diff" in wanted else []
         # `store` keeps its old meaning (persistence and replay figures).
-        suite.texts = tuple(
+        suite.texts = {
             k for k in suite.texts if k in wanted or (k == "replay" and "store" in wanted)
-        )
+        }
         suite.budget_minutes = suite.budget_minutes if "budget" in wanted else 0.0
     if "node-ws" in suite.servers and not node_ready(suite.notes):
         suite.servers.remove("node-ws")

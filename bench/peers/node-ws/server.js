@@ -13,6 +13,11 @@
 // a flood of `created`); polls are chained (the next starts POLL_INTERVAL_MS after one
 // ends) like the control room's poller; the mapping is the control room's table.
 //
+// PER_MESSAGE_DEFLATE=1 turns on `ws`'s own permessage-deflate, as configured by most users:
+// `perMessageDeflate: { threshold: 512 }` (the control room's COMPRESSION_MIN_BYTES), the
+// library's defaults otherwise (context takeover, zlib level default, compression on the
+// libuv thread pool), so every message is compressed once per client that accepted it.
+//
 // BENCH_MODE=publish replaces the poller with a timer: on SIGUSR2, PUBLISH_COUNT deltas of
 // about 1 KB at PUBLISH_RATE per second, each broadcast exactly as above (the "broadcast
 // alone" workload).
@@ -33,6 +38,7 @@ const MODE = env.BENCH_MODE || 'poll';
 const PUBLISH_RATE = Number(env.PUBLISH_RATE || 20);
 const PUBLISH_COUNT = Number(env.PUBLISH_COUNT || 100);
 const LOG_LEVEL = env.LOG_LEVEL || 'info';
+const PER_MESSAGE_DEFLATE = env.PER_MESSAGE_DEFLATE === '1' ? { threshold: 512 } : false;
 const LEVELS = { debug: 10, info: 20, warning: 30, warn: 30, error: 40 };
 
 function log(level, msg, fields) {
@@ -154,6 +160,7 @@ function bearerProtocol(header) {
 function setupWebSocket(server) {
   const wss = new WebSocketServer({
     noServer: true,
+    perMessageDeflate: PER_MESSAGE_DEFLATE,
     handleProtocols: (protocols) => {
       for (const p of protocols) if (p.toLowerCase().startsWith('bearer.')) return p;
       return false;
