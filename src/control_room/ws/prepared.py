@@ -22,9 +22,9 @@ from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
 
-import jsonpatch
 import msgspec
 
+from control_room import patch
 from control_room.broker.base import SESSIONS, Batch, Channel, Entry
 from control_room.messages import PatchDelta
 from control_room.models import SessionDelta, encode
@@ -103,11 +103,8 @@ def _json_form(entry: Entry, form: str) -> bytes:
 
 
 def json_patch(delta: SessionDelta) -> list[dict[str, object]]:
-    """RFC 6902 operations turning `before` into `after` (the `jsonpatch` library's diff)."""
-    before = msgspec.to_builtins(delta.before)
-    after = msgspec.to_builtins(delta.after)
-    operations: list[dict[str, object]] = jsonpatch.make_patch(before, after).patch
-    return operations
+    """RFC 6902 operations turning `before` into `after` (see patch.py)."""
+    return patch.diff(msgspec.to_builtins(delta.before), msgspec.to_builtins(delta.after))
 
 
 def _encoded(entry: Entry, form: str, encoding: Encoding) -> bytes:
