@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from typing import Any
 
 import jsonpatch
@@ -16,7 +17,7 @@ from control_room.broker.base import Batch
 from control_room.broker.memory import MemoryBroker
 from control_room.models import Approval, Change, JulesSession, PullRequest
 from control_room.views import DEFAULT_VIEW, View
-from control_room.ws.prepared import Variant, batch_frames, frames
+from control_room.ws.prepared import Variant, batch_frames, deflate, frames
 from tests.factories import session
 
 T = "2026-11-26T00:00:00.000Z"
@@ -145,3 +146,14 @@ def test_a_mix_of_variants_prepares_each_once() -> None:
     built = [batch_frames(batch, key) for key in keys for _ in range(50)]
     assert len(batch.prepared) == 4
     assert len({id(b[0]) for b in built}) == 4
+
+
+def test_consecutive_messages_of_the_shared_compressor_inflate_each_on_its_own() -> None:
+    payloads = [b'{"title": "' + (b"refactor %d " % i) * 200 + b'"}' for i in range(3)]
+    for payload in payloads:
+        compressed = deflate(payload, 15)
+        inflater = zlib.decompressobj(-15)  # a fresh window: no context takeover
+        assert inflater.decompress(compressed + b"\x00\x00\xff\xff") == payload
+    # Compressing the same message again gives the same bytes: nothing of the last one stays.
+    assert deflate(payloads[0], 15) == deflate(payloads[0], 15)
+    assert deflate(payloads[0], 15, shared=False) == deflate(payloads[0], 15)

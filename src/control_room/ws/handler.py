@@ -57,7 +57,13 @@ from control_room.ws.params import (
     StreamRequest,
     parse_stream_request,
 )
-from control_room.ws.prepared import DEFAULT_COMPRESSION_MIN_BYTES, Variant, frames, single
+from control_room.ws.prepared import (
+    DEFAULT_COMPRESSION_MIN_BYTES,
+    Variant,
+    frames,
+    single,
+    single_off_loop,
+)
 from control_room.ws.reader import OP_BINARY, Message, Reader
 
 MAX_CLIENT_MESSAGE_BYTES: Final = 64 * 1024  # a command is a few hundred bytes; a prompt fits
@@ -311,15 +317,17 @@ class WebSocketEndpoint:
     def _answer(self, conn: Connection, result: ResultMessage) -> None:
         if not conn.open:
             return
-        data = single(encode(result), conn.key[1])
-        if len(data) <= REPLAY_CHUNK_BYTES or conn.catching_up:
-            conn.write(data, 1)
+        message = encode(result)
+        if len(message) <= REPLAY_CHUNK_BYTES or conn.catching_up:
+            conn.write(single(message, conn.key[1]), 1)
             return
-        # A big answer (a subscribe's snapshot) is written like a first snapshot: in drained
-        # slices, live batches held meanwhile, none of it counted as falling behind.
+        # A big answer (a subscribe's snapshot) is written like a first snapshot: framed off
+        # the loop if it needs compressing, in drained slices, live batches held meanwhile,
+        # none of it counted as falling behind.
         conn.hold()
 
         async def write() -> None:
+            data = await single_off_loop(message, conn.key[1])
             if await self._write_drained(conn, [data]):
                 conn.release({})
 
@@ -345,7 +353,9 @@ class WebSocketEndpoint:
         if wanted.snapshot:
             conn.hold()
             self._hub.add(conn)
-            return _CatchUp(first=single(encode(self._snapshot(view)), conn.key[1]))
+            # Encoded now (the state as of this position); framed, and compressed if need
+            # be, off the loop when big (`_catch_up`).
+            return _CatchUp(first=encode(self._snapshot(view)))
         if wanted.since is not None:
             if wanted.epoch not in (None, position.epoch):
                 self._reset(conn, "epoch_changed")
@@ -389,7 +399,8 @@ class WebSocketEndpoint:
         and it never counts against the slow-consumer limit (only live batches held back
         meanwhile do). A reader that stops altogether is cut after CATCH_UP_STALL_S.
         """
-        if catch_up.first and not await self._write_drained(conn, [catch_up.first]):
+        first = await single_off_loop(catch_up.first, conn.key[1]) if catch_up.first else b""
+        if first and not await self._write_drained(conn, [first]):
             return
         upto: dict[Channel, int] = {}
         for channel, since in catch_up.need.items():
@@ -506,7 +517,8 @@ class _CatchUp:
     """What a connecting client is sent before it goes live, while live batches are held."""
 
     first: bytes = b""
-    """One message written whole before anything else (a snapshot; it may be megabytes)."""
+    """One message (JSON) written whole before anything else (a snapshot; it may be
+    megabytes), framed for the client's variant when it is written."""
     need: dict[Channel, int] = field(default_factory=dict)
     """Per channel, the seq after which history is replayed."""
 

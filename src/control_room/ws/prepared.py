@@ -17,10 +17,11 @@ frame serves every client that negotiated the same window size.
 
 from __future__ import annotations
 
+import asyncio
 import zlib
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 import msgspec
 
@@ -153,24 +154,43 @@ def batch_message(parts: Sequence[bytes], encoding: Encoding) -> bytes:
     return _msgpack_encoder.encode({"type": "batch", "deltas": [msgspec.Raw(p) for p in parts]})
 
 
-def deflate(payload: bytes, wbits: int) -> bytes:
-    """One message compressed on its own (RFC 7692, no context takeover), tail removed."""
-    compressor = zlib.compressobj(COMPRESSION_LEVEL, zlib.DEFLATED, -wbits)
-    data = compressor.compress(payload) + compressor.flush(zlib.Z_SYNC_FLUSH)
+OFF_LOOP_BYTES: Final = 256 * 1024
+"""A single message at least this big is compressed or transcoded in a worker thread: at
+~50 MB/s for level-6 deflate, 256 KiB is ~5 ms, about the most one client may hold the loop."""
+_compressors: dict[int, Any] = {}
+"""One compressor per window size, reused for every broadcast message (the event loop's
+thread only). Making a compressor costs more than compressing a 1 KB delta with it."""
+
+
+def deflate(payload: bytes, wbits: int, *, shared: bool = True) -> bytes:
+    """One message compressed on its own (RFC 7692, no context takeover), tail removed.
+
+    Ending each message with a full flush resets the compressor, so no message refers to
+    an earlier one and a client inflates each with a fresh window, as negotiated; a shared
+    compressor only saves making one per message. `shared=False` (a compressor of its own)
+    is for calls off the event loop's thread.
+    """
+    compressor = _compressors.get(wbits) if shared else None
+    if compressor is None:
+        compressor = zlib.compressobj(COMPRESSION_LEVEL, zlib.DEFLATED, -wbits)
+        if shared:
+            _compressors[wbits] = compressor
+    data = compressor.compress(payload) + compressor.flush(zlib.Z_FULL_FLUSH)
     return data[:-4] if data.endswith(_SYNC_TAIL) else data
 
 
 def _frame(entry: Entry | None, form: str, payload: bytes, variant: Variant) -> bytes:
     if not variant.deflate or len(payload) < variant.min_compress:
         return data_frame(variant.opcode, payload)
-    if entry is None:  # a batch message: built once per key, compressed once per key
-        return data_frame(variant.opcode, deflate(payload, variant.deflate), rsv1=True)
+    if entry is None:  # a batch message (once per key) or one for one client (any thread)
+        compressed = deflate(payload, variant.deflate, shared=form != "single")
+        return data_frame(variant.opcode, compressed, rsv1=True)
     derived = _cache(entry)
     cache_key = (form, variant.encoding, "deflate", variant.deflate)
-    compressed = derived.get(cache_key)
-    if compressed is None:
-        compressed = derived[cache_key] = deflate(payload, variant.deflate)
-    return data_frame(variant.opcode, compressed, rsv1=True)
+    cached = derived.get(cache_key)
+    if cached is None:
+        cached = derived[cache_key] = deflate(payload, variant.deflate)
+    return data_frame(variant.opcode, cached, rsv1=True)
 
 
 def frames(entries: Sequence[Entry], key: Key) -> tuple[bytes, int]:
@@ -209,8 +229,19 @@ def batch_frames_after(batch: Batch, key: Key, after: dict[Channel, int]) -> tup
 def single(message: bytes, variant: Variant) -> bytes:
     """One message made for one client (a snapshot, a reset, a result) in its variant.
 
-    `message` is JSON; MessagePack clients get it transcoded.
+    `message` is JSON; MessagePack clients get it transcoded. Safe to call off the event
+    loop (a big snapshot is compressed in a worker thread: see `single_off_loop`).
     """
     if variant.encoding == "msgpack":
         message = _msgpack_encoder.encode(msgspec.json.decode(message))
     return _frame(None, "single", message, variant)
+
+
+async def single_off_loop(message: bytes, variant: Variant) -> bytes:
+    """`single`, in a worker thread when the message is big and needs work (compression,
+    MessagePack): compressing a 10 MB snapshot takes half a second, which would otherwise
+    stall every other client (zlib lets other threads run while it works)."""
+    plain = variant.encoding == "json" and not variant.deflate
+    if plain or len(message) < OFF_LOOP_BYTES:
+        return single(message, variant)
+    return await asyncio.to_thread(single, message, variant)
