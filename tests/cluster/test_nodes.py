@@ -229,10 +229,10 @@ async def test_a_node_that_loses_redis_keeps_its_clients_and_says_so(
 
 @pytest.mark.postgres
 async def test_a_cluster_on_postgresql_continues_the_stores_history(
+    pg_backend: PostgresBackend,  # first: set up before the nodes, dropped after they stop
     http: aiohttp.ClientSession,
     make_node: NodeFactory,
     sim: Simulator,
-    pg_backend: PostgresBackend,
     redis_prefix: str,
 ) -> None:
     persist = pg_backend.service_settings()
@@ -244,6 +244,7 @@ async def test_a_cluster_on_postgresql_continues_the_stores_history(
     epoch = a.broker.position.epoch
     store = await pg_backend.make()
     loaded = await store.open()
+    await store.close()
     assert loaded is not None and (loaded.position.epoch, loaded.position.seq) == (epoch, 2)
     # A cluster on a fresh Redis (another prefix) continues the store's history: same epoch,
     # the same numbering, and history older than its stream is read from the store.

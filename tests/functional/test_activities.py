@@ -3,7 +3,6 @@ served whole over REST; and the stall flag."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -316,27 +315,32 @@ async def test_rest_serves_a_timeline_in_pages_and_an_activity_with_its_whole_pa
 
 
 async def test_a_quiet_working_session_is_flagged_stalled_then_cleared_when_it_moves(
-    http: aiohttp.ClientSession, make_service: ServiceFactory, sim: Simulator
+    http: aiohttp.ClientSession, make_service: ServiceFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    s = sim.create(state="IN_PROGRESS")
-    service = await make_service(stall_after=300 * MS)
-    ws = await connect(http, service, "?activities=1")
-    flagged = None
-    for _ in range(100):
+    # One hand-moved clock for Jules and for the poller: the flag depends on nothing else.
+    clock = Clock()
+    sim = Simulator(seed=4, clock=clock, activities_not_found_for=0)
+    async with SimulatorServer(sim, "sim-key") as upstream:
+        service = await make_service(jules_api_base=upstream.base_url, stall_after=300.0)
+        assert service.poller is not None
+        monkeypatch.setattr(service.poller, "_clock", clock)
+        ws = await connect(http, service, "?activities=1")
+        s = sim.create(state="IN_PROGRESS")
         await poll(service)
-        got = await messages_until_quiet(ws)
-        if got:
-            [flagged] = got
-            break
-        await asyncio.sleep(20 * MS)
-    assert flagged is not None, "never flagged"
-    assert flagged["type"] == "updated" and "stalledSince" not in flagged["before"]
-    assert flagged["after"]["stalledSince"] == s["updateTime"] == flagged["after"]["updatedAt"]
-    await poll(service)
-    await nothing_more(ws)  # still stalled: no new delta
+        created = [m for m in await messages_until_quiet(ws) if m["type"] == "created"]
+        assert "stalledSince" not in created[0]["after"]
 
-    sim.set_state(s["id"], "IN_PROGRESS")  # one more step of work
-    await poll(service)
-    cleared, activity = await messages_until_quiet(ws)
-    assert cleared["type"] == "updated" and "stalledSince" not in cleared["after"]
-    assert activity["activity"]["kind"] == "progressUpdated"
+        clock.now += 301  # five minutes and a second with nothing new
+        await poll(service)
+        [flagged] = await messages_until_quiet(ws)
+        assert flagged["type"] == "updated" and "stalledSince" not in flagged["before"]
+        assert flagged["after"]["stalledSince"] == s["updateTime"] == flagged["after"]["updatedAt"]
+        await poll(service)
+        await nothing_more(ws)  # still stalled: no new delta
+
+        sim.set_state(s["id"], "IN_PROGRESS")  # one more step of work
+        await poll(service)
+        cleared, activity = await messages_until_quiet(ws)
+        assert cleared["type"] == "updated" and "stalledSince" not in cleared["after"]
+        assert activity["activity"]["kind"] == "progressUpdated"
+        await service.stop()
