@@ -58,8 +58,8 @@ def _start_redis(url: str, directory: str) -> subprocess.Popen[bytes]:
     )
 
 
-async def main(args: argparse.Namespace) -> None:
-    """Run the cluster until SIGINT/SIGTERM."""
+async def main(args: argparse.Namespace) -> int:
+    """Run the cluster until SIGINT/SIGTERM; 1 when a node died by itself."""
     url = os.environ.get("REDIS_URL", DEFAULT_REDIS_URL)
     token = secrets.token_urlsafe(24)
     api_key = secrets.token_urlsafe(16)
@@ -82,6 +82,7 @@ async def main(args: argparse.Namespace) -> None:
                 break
             sim.tick()
         nodes: list[asyncio.subprocess.Process] = []
+        died = False
         async with SimulatorServer(sim, api_key, tick_interval=TICK_S) as upstream:
             try:
                 for i in range(args.nodes):
@@ -108,10 +109,11 @@ async def main(args: argparse.Namespace) -> None:
                         )
                     )
                 _announce(args.port, token, nodes, url, redis_proc is not None, Keys(PREFIX))
-                await stop.wait()
+                died = await _until_stopped_or_a_node_dies(stop, nodes, args.port)
             finally:
                 for proc in nodes:
-                    proc.terminate()
+                    with contextlib.suppress(ProcessLookupError):  # it may have exited
+                        proc.terminate()
                 for proc in nodes:
                     try:
                         await asyncio.wait_for(proc.wait(), STOP_TIMEOUT_S)
@@ -122,6 +124,33 @@ async def main(args: argparse.Namespace) -> None:
                 if redis_proc is not None:
                     redis_proc.terminate()
                     redis_proc.wait()
+    return 1 if died else 0
+
+
+async def _until_stopped_or_a_node_dies(
+    stop: asyncio.Event, nodes: Sequence[asyncio.subprocess.Process], first_port: int
+) -> bool:
+    """Wait for Ctrl-C; a node that exits by itself (its port taken, say) stops the rest,
+    with one line saying which, rather than a cluster running a node short."""
+    waits = {asyncio.ensure_future(proc.wait()): i for i, proc in enumerate(nodes)}
+    stopping = asyncio.ensure_future(stop.wait())
+    done, _ = await asyncio.wait([stopping, *waits], return_when=asyncio.FIRST_COMPLETED)
+    for future in (stopping, *waits):
+        if future not in done:
+            future.cancel()
+    died = False
+    for future in done:
+        if future in waits:
+            died = True
+            i = waits[future]
+            print(
+                f"make cluster: node-{i + 1} (port {first_port + i}) exited with code"
+                f" {future.result()}; stopping the others (a taken port? try"
+                " `python -m control_room.devcluster --port 3101`)",
+                file=sys.stderr,
+                flush=True,
+            )
+    return died
 
 
 def _announce(
@@ -150,7 +179,7 @@ def run(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=3001, help="the first node's port")
     parser.add_argument("--nodes", type=int, default=NODES)
     parser.add_argument("--seed", type=int, default=secrets.randbelow(1_000_000))
-    run_loop(main(parser.parse_args(argv)))
+    sys.exit(run_loop(main(parser.parse_args(argv))))
 
 
 if __name__ == "__main__":
