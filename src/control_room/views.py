@@ -111,9 +111,11 @@ class View:
         now = self.admits(entry.session_id, entry.after)
         if was and now:
             return "pass"
-        if now:
-            return "created"
-        return "deleted" if was else "drop"
+        if now:  # entering; a `created` delta already is one, as published
+            return "created" if entry.before is not None else "pass"
+        if was:  # leaving; likewise a `deleted` delta
+            return "deleted" if entry.after is not None else "pass"
+        return "drop"
 
 
 DEFAULT_VIEW: Final = View()

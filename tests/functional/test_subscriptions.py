@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import json
+import os
+from typing import Any
+
 import aiohttp
+from websockets.frames import Frame, Opcode
 
 from control_room.app import Service
 from control_room.jules.simulator import Simulator
-from tests.conftest import MS, connect, nothing_more, receive_json
+from tests.conftest import MS, TOKEN, connect, nothing_more, receive_json
 
 
 async def test_a_state_view_gets_entries_and_departures_as_created_and_deleted(
@@ -139,3 +146,43 @@ async def test_bad_view_parameters_are_refused_before_the_upgrade(
         assert resp.status == 400
         body = await resp.json()
     assert body["parameter"] == "activitiesSince"
+
+
+async def test_a_subscribe_sent_with_the_upgrade_is_answered_after_the_snapshot(
+    service: Service, sim: Simulator
+) -> None:
+    """A client may pipeline a command right behind its upgrade request: the answer must not
+    overtake the snapshot it replaces."""
+    assert service.poller is not None
+    for _ in range(3):
+        sim.create()
+    await service.poller.poll_once()
+    reader, writer = await asyncio.open_connection("127.0.0.1", service.port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    subscribe = Frame(Opcode.TEXT, b'{"type":"subscribe","id":1,"sessionIds":["nope"]}')
+    writer.write(
+        (
+            "GET /?snapshot=1 HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+            f"Sec-WebSocket-Protocol: control-room.v1, bearer.{TOKEN}\r\n\r\n"
+        ).encode()
+        + subscribe.serialize(mask=True)  # in the same write as the request
+    )
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2)
+    assert head.startswith(b"HTTP/1.1 101")
+    first, second = [await asyncio.wait_for(read_frame(reader), 2) for _ in range(2)]
+    assert (first["type"], len(first["sessions"])) == ("snapshot", 3)
+    assert (second["type"], second["id"], second["sessions"]) == ("result", 1, [])
+    writer.close()
+
+
+async def read_frame(reader: asyncio.StreamReader) -> Any:
+    """One unmasked server text frame, decoded."""
+    first, second = await reader.readexactly(2)
+    length = second & 0x7F
+    if length == 126:
+        length = int.from_bytes(await reader.readexactly(2), "big")
+    elif length == 127:
+        length = int.from_bytes(await reader.readexactly(8), "big")
+    assert first & 0x0F == 0x1
+    return json.loads(await reader.readexactly(length))

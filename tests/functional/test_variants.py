@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import shutil
+from typing import Any
 
 import aiohttp
 import jsonpatch
@@ -15,6 +16,7 @@ import websockets
 
 from control_room.app import Service
 from control_room.jules.simulator import Simulator
+from control_room.ws import handler
 from tests.conftest import TOKEN, ServiceFactory, connect, receive_json
 from tests.functional.test_end_to_end import NODE_DIR
 
@@ -177,3 +179,32 @@ async def test_compression_off_negotiates_nothing(
         assert ws.protocol.extensions == []
         made = await sessions_with_big_deltas(service, sim, 1)
         assert json.loads(await asyncio.wait_for(ws.recv(), 5))["sessionId"] == made[0]
+
+
+async def test_a_reconnect_storm_encodes_and_compresses_each_views_snapshot_once(
+    service: Service, sim: Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert service.poller is not None
+    for _ in range(5):
+        sim.create(title=BIG_TITLE)
+    await service.poller.poll_once()
+    framed: list[int] = []
+    real = handler.single_off_loop
+
+    async def counting(message: bytes, variant: Any) -> bytes:
+        framed.append(len(message))
+        return await real(message, variant)
+
+    monkeypatch.setattr(handler, "single_off_loop", counting)
+
+    async def snapshot() -> Any:
+        async with websockets.connect(
+            service.ws_url + "?snapshot=1",
+            subprotocols=["control-room.v1", f"bearer.{TOKEN}"],  # type: ignore[list-item]
+            compression="deflate",
+        ) as ws:
+            return json.loads(await asyncio.wait_for(ws.recv(), 5))
+
+    got = await asyncio.gather(*(snapshot() for _ in range(20)))
+    assert all(len(s["sessions"]) == 5 for s in got)
+    assert len(framed) == 1  # twenty clients of one view and variant: one compression

@@ -17,7 +17,7 @@ from control_room.broker.base import Batch
 from control_room.broker.memory import MemoryBroker
 from control_room.models import Approval, Change, JulesSession, PullRequest
 from control_room.views import DEFAULT_VIEW, View
-from control_room.ws.prepared import Variant, batch_frames, deflate, frames
+from control_room.ws.prepared import Variant, batch_frames, deflate
 from tests.factories import session
 
 T = "2026-11-26T00:00:00.000Z"
@@ -64,10 +64,11 @@ def test_deflate_compresses_big_messages_once_and_leaves_small_ones_plain() -> N
     assert len(data) < len(batch.entries[0].payload) / 3 + len(small.data) + 20
     assert data[0] & 0x40  # RSV1 set on the big one...
     assert not data[-len(small.data) - 2] & 0x40  # ...clear on the small one
-    # Another view that passes the same entry reuses the compressed bytes.
-    again = frames(batch.entries[:1], (View.of(states=["QUEUED"]), Variant(deflate=15)))[0]
-    assert again == data[: len(again)]
-    assert ("pass", "json", "deflate", 15) in (batch.entries[0].derived or {})
+    # Another view that passes the same entries reuses their compressed bytes (the batch's).
+    again = batch_frames(batch, (View.of(states=["QUEUED"]), Variant(deflate=15)))[0]
+    assert again == data
+    compressed = [k for k in batch.forms if k[-1] == 15]
+    assert compressed == [("sessions", batch.entries[0].seq, "pass", "json", 15)]
 
 
 def test_msgpack_frames_are_binary_with_the_same_shapes() -> None:

@@ -5,7 +5,7 @@ Two channels, one epoch. `sessions` carries the seed's deltas (`created` / `upda
 `activities` carries every new activity of every session, numbered on its own. Brokers and
 stores deal in encoded events (`Entry`: JSON bytes plus what views need to route them),
 never in WebSocket frames: framing and per-variant encodings belong to `ws/`, which caches
-them on the batch (`Batch.prepared`) and on each entry (`Entry.derived`).
+them on the batch (`Batch.prepared`, `Batch.forms`) for as long as the batch is delivered.
 """
 
 from __future__ import annotations
@@ -66,7 +66,6 @@ class Entry:
         "_before",
         "_routed",
         "channel",
-        "derived",
         "payload",
         "seq",
         "session_id",
@@ -86,8 +85,6 @@ class Entry:
         self.channel: Channel = channel
         self._routed = route is not None
         self._before, self._after = route if route is not None else (None, None)
-        self.derived: dict[Hashable, bytes | None] | None = None
-        """Other encodings of this event (ws/ fills it: msgpack, patch, view transforms)."""
 
     def _route(self) -> None:
         if self.channel == SESSIONS:
@@ -141,10 +138,12 @@ class Batch:
     `entries` are the `sessions` channel's (what the store's delta log and webhooks take),
     `activities` the `activities` channel's. `prepared` holds what the delivering layer
     built from this batch, keyed by its own keys (frames per view and wire variant), so
-    each is built once per broadcast, however many clients share it.
+    each is built once per broadcast, however many clients share it; `forms` what it made
+    of each entry on the way (another view's form, MessagePack, compressed bytes). Both go
+    with the batch: history keeps only each entry's JSON.
     """
 
-    __slots__ = ("_activity_messages", "_deltas", "activities", "entries", "prepared")
+    __slots__ = ("_activity_messages", "_deltas", "activities", "entries", "forms", "prepared")
 
     def __init__(
         self,
@@ -156,6 +155,7 @@ class Batch:
         self._activity_messages: list[ActivityMessage] | None = [m for m, _ in activities]
         self.activities = [Entry.of_activity(m, tag) for m, tag in activities]
         self.prepared: dict[Hashable, tuple[bytes, int]] = {}
+        self.forms: dict[Hashable, bytes] = {}
 
     @classmethod
     def of_entries(cls, entries: Sequence[Entry], activities: Sequence[Entry] = ()) -> Batch:

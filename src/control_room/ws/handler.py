@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
@@ -33,7 +33,7 @@ from control_room.messages import (
     decode_command,
 )
 from control_room.metrics import Metrics
-from control_room.models import encode
+from control_room.models import Position, encode
 from control_room.responses import json_error, not_ready
 from control_room.server.guard import Guard
 from control_room.server.http import FrontHandler
@@ -59,6 +59,7 @@ from control_room.ws.params import (
 )
 from control_room.ws.prepared import (
     DEFAULT_COMPRESSION_MIN_BYTES,
+    Key,
     Variant,
     frames,
     single,
@@ -112,13 +113,15 @@ class _Commands:
     """A connection's command state, made when it first sends something: its rate bucket,
     refusals in a row, and its commands still waiting on the upstream."""
 
-    __slots__ = ("bucket", "caller", "refused", "tasks")
+    __slots__ = ("bucket", "caller", "deferred", "refused", "tasks")
 
     def __init__(self, caller: Caller) -> None:
         self.bucket = _Bucket(COMMAND_RATE_PER_S, COMMAND_BURST)
         self.caller = caller
         self.refused = 0
         self.tasks: set[asyncio.Task[None]] = set()
+        self.deferred: list[Message] = []
+        """Messages that arrived while the client caught up, answered in order after it."""
 
 
 class _Detached(web.StreamResponse):
@@ -130,6 +133,39 @@ class _Detached(web.StreamResponse):
 
     async def write_eof(self, data: bytes = b"") -> None:
         return None
+
+
+class _Snapshots:
+    """Each view's snapshot at the newest position, encoded once, and framed once per wire
+    variant (compressed off the loop when big): a thousand dashboards reconnecting after a
+    restart cost one encoding and one compression, not a thousand. Only the newest
+    position is kept: one poll with changes and the cache starts over."""
+
+    def __init__(self) -> None:
+        self._at: Position | None = None
+        self._encoded: dict[View, bytes] = {}
+        self._framed: dict[Key, asyncio.Future[bytes]] = {}
+
+    def encoded(self, position: Position, view: View, make: Callable[[], SnapshotMessage]) -> bytes:
+        """The view's snapshot at `position` (the current one: it becomes the newest) as JSON."""
+        if position != self._at:
+            self._at = position
+            self._encoded.clear()
+            self._framed.clear()
+        found = self._encoded.get(view)
+        if found is None:
+            found = self._encoded[view] = encode(make())
+        return found
+
+    async def framed(self, position: Position, key: Key, message: bytes) -> bytes:
+        """`message` (the snapshot of `key`'s view at `position`) framed for `key`'s variant;
+        shared while `position` is still the newest, made for this client alone otherwise."""
+        if position != self._at:
+            return await single_off_loop(message, key[1])
+        found = self._framed.get(key)
+        if found is None:
+            found = self._framed[key] = asyncio.ensure_future(single_off_loop(message, key[1]))
+        return await asyncio.shield(found)
 
 
 class WebSocketEndpoint:
@@ -162,6 +198,7 @@ class WebSocketEndpoint:
         self._compression = compression
         self._compression_min = compression_min_bytes
         self._tasks: set[asyncio.Task[None]] = set()
+        self._snapshots = _Snapshots()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Authenticate, validate the query, answer the upgrade, hand the socket over."""
@@ -274,6 +311,14 @@ class WebSocketEndpoint:
                     name=f"client {conn.id}",
                 )
             )
+        if conn.catching_up:
+            # Its snapshot or replay is still being written: an answer now would overtake
+            # it (a `subscribe` result before the snapshot it replaces). Answer afterwards.
+            if len(state.deferred) >= COMMAND_FLOOD_LIMIT:
+                conn.close(close_frame(POLICY_VIOLATION, "too many messages"), "command_flood")
+                return
+            state.deferred.append(message)
+            return
         try:
             command = decode_command(message.data, binary=message.opcode == OP_BINARY)
         except BadMessage as exc:
@@ -314,6 +359,14 @@ class WebSocketEndpoint:
         state.tasks.add(task)
         task.add_done_callback(state.tasks.discard)
 
+    def _caught_up(self, conn: Connection) -> None:
+        """The client is live again: answer what it sent meanwhile, in order."""
+        state = conn.commands
+        if not isinstance(state, _Commands):
+            return
+        while state.deferred and not conn.catching_up and conn.open:
+            self.received(conn, state.deferred.pop(0))
+
     def _answer(self, conn: Connection, result: ResultMessage) -> None:
         if not conn.open:
             return
@@ -330,6 +383,7 @@ class WebSocketEndpoint:
             data = await single_off_loop(message, conn.key[1])
             if await self._write_drained(conn, [data]):
                 conn.release({})
+                self._caught_up(conn)
 
         self._spawn(conn, write(), f"answer-{conn.id}")
 
@@ -354,8 +408,12 @@ class WebSocketEndpoint:
             conn.hold()
             self._hub.add(conn)
             # Encoded now (the state as of this position); framed, and compressed if need
-            # be, off the loop when big (`_catch_up`).
-            return _CatchUp(first=encode(self._snapshot(view)))
+            # be, off the loop when big (`_catch_up`). Both once per view and variant at a
+            # position, however many clients ask: a reconnect storm costs one of each.
+            return _CatchUp(
+                first=self._snapshots.encoded(position, view, lambda: self._snapshot(view)),
+                at=position,
+            )
         if wanted.since is not None:
             if wanted.epoch not in (None, position.epoch):
                 self._reset(conn, "epoch_changed")
@@ -399,7 +457,9 @@ class WebSocketEndpoint:
         and it never counts against the slow-consumer limit (only live batches held back
         meanwhile do). A reader that stops altogether is cut after CATCH_UP_STALL_S.
         """
-        first = await single_off_loop(catch_up.first, conn.key[1]) if catch_up.first else b""
+        first = b""
+        if catch_up.first and catch_up.at is not None:
+            first = await self._snapshots.framed(catch_up.at, conn.key, catch_up.first)
         if first and not await self._write_drained(conn, [first]):
             return
         upto: dict[Channel, int] = {}
@@ -411,6 +471,7 @@ class WebSocketEndpoint:
                 position = self._broker.position
                 # Live events after the reset's position follow; the client reloads the rest.
                 conn.release({SESSIONS: position.seq, ACTIVITIES: position.activities_seq})
+                self._caught_up(conn)
                 return
             except (StoreError, BrokerUnavailable) as exc:
                 # Not gone, just unreachable for now (the store, or Redis): the client
@@ -428,6 +489,7 @@ class WebSocketEndpoint:
                 return
             upto[channel] = last
         conn.release(upto)
+        self._caught_up(conn)
         self._metrics.replays.labels("recovered").inc()
 
     async def _write_history(
@@ -519,6 +581,8 @@ class _CatchUp:
     first: bytes = b""
     """One message (JSON) written whole before anything else (a snapshot; it may be
     megabytes), framed for the client's variant when it is written."""
+    at: Position | None = None
+    """The position `first` was taken at."""
     need: dict[Channel, int] = field(default_factory=dict)
     """Per channel, the seq after which history is replayed."""
 

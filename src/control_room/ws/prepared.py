@@ -5,7 +5,7 @@ built the first time a client of a given view and variant needs them and cached 
 batch; every other client of the pair is handed the very same bytes. Each step is cached
 at the level it depends on, so no work is repeated across views or variants either:
 
-- on the entry (`Entry.derived`): what a view makes of it (`created` / `deleted` for a
+- on the batch (`Batch.forms`), per entry: what a view makes of it (`created` / `deleted` for a
   filtered view), its JSON Patch form, its MessagePack form, its compressed form;
 - on the batch (`Batch.prepared`): the whole frame sequence of one (view, variant).
 
@@ -71,19 +71,18 @@ Key = tuple[View, Variant]
 """What clients share frames by."""
 
 
-def _cache(entry: Entry) -> dict[Hashable, bytes | None]:
-    derived = entry.derived
-    if derived is None:
-        derived = entry.derived = {}
-    return derived
+Forms = dict[Hashable, bytes]
+"""What one broadcast (or one replay slice) made of its entries, by (channel, seq, form,
+encoding[, compression]): built once, shared by every view and variant that needs it, and
+dropped with the batch, so history holds only each entry's published JSON."""
 
 
-def _json_form(entry: Entry, form: str) -> bytes:
+def _json_form(entry: Entry, form: str, forms: Forms) -> bytes:
     """The entry's JSON as `form`: `pass` (as published), `created`, `deleted`, `patch`."""
     if form == "pass":
         return entry.payload
-    derived = _cache(entry)
-    found = derived.get((form, "json"))
+    cache_key = (entry.channel, entry.seq, form, "json")
+    found = forms.get(cache_key)
     if found is not None:
         return found
     delta = _delta_decoder.decode(entry.payload)
@@ -99,7 +98,7 @@ def _json_form(entry: Entry, form: str) -> bytes:
             timestamp=delta.timestamp,
             seq=delta.seq,
         )
-    payload = derived[(form, "json")] = encode(message)
+    payload = forms[cache_key] = encode(message)
     return payload
 
 
@@ -108,15 +107,15 @@ def json_patch(delta: SessionDelta) -> list[dict[str, object]]:
     return patch.diff(msgspec.to_builtins(delta.before), msgspec.to_builtins(delta.after))
 
 
-def _encoded(entry: Entry, form: str, encoding: Encoding) -> bytes:
+def _encoded(entry: Entry, form: str, encoding: Encoding, forms: Forms) -> bytes:
     """The entry in `form` and `encoding` (MessagePack transcoded from the JSON, once)."""
-    json = _json_form(entry, form)
+    json = _json_form(entry, form, forms)
     if encoding == "json":
         return json
-    derived = _cache(entry)
-    found = derived.get((form, encoding))
+    cache_key = (entry.channel, entry.seq, form, encoding)
+    found = forms.get(cache_key)
     if found is None:
-        found = derived[(form, encoding)] = _msgpack_encoder.encode(msgspec.json.decode(json))
+        found = forms[cache_key] = _msgpack_encoder.encode(msgspec.json.decode(json))
     return found
 
 
@@ -131,14 +130,17 @@ def _form(entry: Entry, view: View, variant: Variant) -> str | None:
     return projection
 
 
-def messages(entries: Iterable[Entry], key: Key) -> list[tuple[Entry | None, str, bytes]]:
+def messages(
+    entries: Iterable[Entry], key: Key, forms: Forms | None = None
+) -> list[tuple[Entry | None, str, bytes]]:
     """(entry, form, encoded message) for every message `key`'s clients receive, in order."""
+    forms = {} if forms is None else forms
     view, variant = key
     out: list[tuple[Entry | None, str, bytes]] = []
     for entry in entries:
         form = _form(entry, view, variant)
         if form is not None:
-            out.append((entry, form, _encoded(entry, form, variant.encoding)))
+            out.append((entry, form, _encoded(entry, form, variant.encoding, forms)))
     return out
 
 
@@ -179,37 +181,43 @@ def deflate(payload: bytes, wbits: int, *, shared: bool = True) -> bytes:
     return data[:-4] if data.endswith(_SYNC_TAIL) else data
 
 
-def _frame(entry: Entry | None, form: str, payload: bytes, variant: Variant) -> bytes:
+def _frame(
+    entry: Entry | None, form: str, payload: bytes, variant: Variant, forms: Forms | None = None
+) -> bytes:
     if not variant.deflate or len(payload) < variant.min_compress:
         return data_frame(variant.opcode, payload)
-    if entry is None:  # a batch message (once per key) or one for one client (any thread)
+    if entry is None or forms is None:  # a batch message (once per key), or for one client
         compressed = deflate(payload, variant.deflate, shared=form != "single")
         return data_frame(variant.opcode, compressed, rsv1=True)
-    derived = _cache(entry)
-    cache_key = (form, variant.encoding, "deflate", variant.deflate)
-    cached = derived.get(cache_key)
+    cache_key = (entry.channel, entry.seq, form, variant.encoding, variant.deflate)
+    cached = forms.get(cache_key)
     if cached is None:
-        cached = derived[cache_key] = deflate(payload, variant.deflate)
+        cached = forms[cache_key] = deflate(payload, variant.deflate)
     return data_frame(variant.opcode, cached, rsv1=True)
 
 
-def frames(entries: Sequence[Entry], key: Key) -> tuple[bytes, int]:
-    """The wire bytes of `entries` for clients of `key`, and how many messages they hold."""
+def frames(entries: Sequence[Entry], key: Key, forms: Forms | None = None) -> tuple[bytes, int]:
+    """The wire bytes of `entries` for clients of `key`, and how many messages they hold.
+
+    `forms` caches what is made of each entry (a batch's, shared by its keys); without it
+    the forms live as long as this call (a replay slice for one client).
+    """
+    forms = {} if forms is None else forms
     variant = key[1]
-    found = messages(entries, key)
+    found = messages(entries, key, forms)
     if not found:
         return b"", 0
     if variant.batch:
         body = batch_message([payload for _, _, payload in found], variant.encoding)
         return _frame(None, "batch", body, variant), 1
-    return b"".join(_frame(e, form, p, variant) for e, form, p in found), len(found)
+    return b"".join(_frame(e, form, p, variant, forms) for e, form, p in found), len(found)
 
 
 def batch_frames(batch: Batch, key: Key) -> tuple[bytes, int]:
     """The batch's frames for `key`: built on first use, then shared (cached on the batch)."""
     found = batch.prepared.get(key)
     if found is None:
-        found = batch.prepared[key] = frames(batch.events, key)
+        found = batch.prepared[key] = frames(batch.events, key, batch.forms)
     return found
 
 
@@ -223,7 +231,7 @@ def batch_frames_after(batch: Batch, key: Key, after: dict[Channel, int]) -> tup
     tail = [e for e in events if e.seq > after.get(e.channel, 0)]
     if len(tail) == len(events):
         return batch_frames(batch, key)
-    return frames(tail, key)
+    return frames(tail, key, batch.forms)
 
 
 def single(message: bytes, variant: Variant) -> bytes:
