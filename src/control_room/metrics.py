@@ -114,7 +114,7 @@ class Metrics:
         )
         self.poll_duration = Histogram(
             p + "poll_duration_seconds",
-            "Time to list every upstream session",
+            "Time to read one poll's listing: the first page, or every page",
             buckets=SLOW_BUCKETS,
             registry=r,
         )

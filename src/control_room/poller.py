@@ -331,7 +331,9 @@ class Poller:
         shows are merged over the previous snapshot: a partial listing creates and updates,
         and never deletes.
         """
+        started = time.perf_counter()
         page = await self.upstream.list_first_page()
+        self._metrics.poll_duration.observe(time.perf_counter() - started)
         if not page.more:
             current = map_listing(page.sessions, previous)
             self._report_listing(current)

@@ -58,6 +58,9 @@ def test_an_acceptable_offer_is_answered_without_context_takeover(
         ["permessage-deflate; server_max_window_bits"],  # needs a value
         ["permessage-deflate; server_no_context_takeover=1"],
         ["permessage-deflate; client_max_window_bits=20"],
+        ["permessage-deflate; server_max_window_bits=010"],  # no leading zero in the grammar
+        ["permessage-deflate; server_max_window_bits=１２"],  # full-width digits are not digits
+        ["permessage-deflate; client_max_window_bits=09"],
         ["permessage-deflate; mystery"],
         ["permessage-deflate; server_no_context_takeover; server_no_context_takeover"],
     ],

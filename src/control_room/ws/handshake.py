@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -19,6 +20,8 @@ from typing import Final
 GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 §1.3
 MAX_WINDOW_BITS: Final = 15
 MIN_WINDOW_BITS: Final = 9  # zlib cannot compress with an 8-bit window
+WINDOW_BITS: Final = re.compile(r"8|9|1[0-5]", re.ASCII)
+"""RFC 7692 §7.1.2: `%x38-39 / "1" %x30-35`, no leading zero, ASCII digits only."""
 
 
 class HandshakeError(ValueError):
@@ -78,13 +81,13 @@ def _accept(params: Mapping[str, str | None]) -> Deflate | None:
             if value is not None:
                 return None
         elif key == "server_max_window_bits":
-            if value is None or not value.isdigit():
+            if value is None or not WINDOW_BITS.fullmatch(value):
                 return None
             window = int(value)
-            if not MIN_WINDOW_BITS <= window <= MAX_WINDOW_BITS:
+            if window < MIN_WINDOW_BITS:
                 return None  # 8 is valid in the RFC but zlib cannot honour it: decline
         elif key == "client_max_window_bits":
-            if value is not None and not (value.isdigit() and 8 <= int(value) <= 15):
+            if value is not None and not WINDOW_BITS.fullmatch(value):
                 return None
         else:
             return None  # an unknown parameter declines this offer (RFC 7692 §7.1)
