@@ -8,10 +8,11 @@ import os
 import socket
 
 import aiohttp
+from websockets.frames import Frame, Opcode
 
 from control_room.app import Service
 from control_room.jules.simulator import Simulator
-from tests.conftest import TOKEN, ServiceFactory, connect, receive_n
+from tests.conftest import MS, TOKEN, ServiceFactory, connect, receive_n
 
 LIMIT = 64 * 1024
 BIG_TITLE = "x" * 40_000  # each delta of a retitled session carries it twice (before, after)
@@ -84,3 +85,28 @@ async def test_a_burst_bigger_than_the_limit_does_not_cut_a_reading_client(
     assert len(await received) == 90
     assert len(service.hub) == 1
     assert service.metrics.connections_closed.labels("backpressure_limit")._value.get() == 0
+
+
+async def test_a_client_flooding_pings_it_never_reads_the_pongs_of_is_cut(
+    make_service: ServiceFactory,
+) -> None:
+    """Pongs count against MAX_BUFFER_BYTES like everything else a client is sent."""
+    service = await make_service(max_buffer_bytes=LIMIT)
+    sock = await open_non_reading_client(service)
+    loop = asyncio.get_running_loop()
+    ping = Frame(Opcode.PING, b"p" * 125).serialize(mask=True)
+    try:
+        for _ in range(400):  # ~50 KB of pings a round, ~20 MB of pongs in all
+            if service.metrics.connections_closed.labels("backpressure_limit")._value.get():
+                break
+            try:
+                await loop.sock_sendall(sock, ping * 400)
+            except OSError:  # cut: the server reset the connection
+                break
+        for _ in range(200):
+            if service.metrics.connections_closed.labels("backpressure_limit")._value.get():
+                break
+            await asyncio.sleep(10 * MS)
+    finally:
+        sock.close()
+    assert service.metrics.connections_closed.labels("backpressure_limit")._value.get() == 1

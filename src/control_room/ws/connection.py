@@ -42,11 +42,18 @@ WRITE_LOW_WATER: Final = 64 * 1024
 class Owner(Protocol):
     """What a connection tells the endpoint that owns it."""
 
+    @property
+    def max_pending(self) -> int:
+        """Bytes a client may leave unread before it is cut (MAX_BUFFER_BYTES)."""
+
     def received(self, conn: Connection, message: Message) -> None:
         """A whole data message arrived (synchronously; must not block)."""
 
     def lost(self, conn: Connection, exc: Exception | None) -> None:
         """The socket is gone (once)."""
+
+    def too_slow(self, conn: Connection) -> None:
+        """The client is not reading what it is sent (cut it as a slow consumer)."""
 
 
 class Connection(asyncio.Protocol):
@@ -143,8 +150,14 @@ class Connection(asyncio.Protocol):
 
     def _control(self, event: Control) -> None:
         if event.opcode == OP_PING:
-            if not self.transport.is_closing():
-                self.transport.write(control_frame(OP_PONG, event.data))
+            if self.transport.is_closing():
+                return
+            if self._owner is not None and self.pending_bytes > self._owner.max_pending:
+                # Pings it sends but pongs it never reads: a flood would grow our buffer
+                # without bound. The same limit as any slow consumer.
+                self._owner.too_slow(self)
+                return
+            self.transport.write(control_frame(OP_PONG, event.data))
         elif event.opcode == OP_CLOSE:
             try:
                 code, _ = close_code(event.data)

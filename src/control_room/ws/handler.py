@@ -283,6 +283,15 @@ class WebSocketEndpoint:
 
     # -- a connection's life (Owner) -------------------------------------------------
 
+    @property
+    def max_pending(self) -> int:
+        """Bytes a client may leave unread before it is cut (MAX_BUFFER_BYTES)."""
+        return self._hub.max_buffer
+
+    def too_slow(self, conn: Connection) -> None:
+        """A client that does not read what it is sent is cut, whatever filled its buffer."""
+        self._hub.cut_slow(conn)
+
     def lost(self, conn: Connection, exc: Exception | None) -> None:
         """The socket closed: forget it, count and log why."""
         self._hub.remove(conn)

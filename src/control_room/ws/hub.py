@@ -42,6 +42,11 @@ class Hub:
         self.messages_sent = 0
         self.bytes_sent = 0
 
+    @property
+    def max_buffer(self) -> int:
+        """Bytes a client may leave unread before it is cut (MAX_BUFFER_BYTES)."""
+        return self._max_buffer
+
     def __len__(self) -> int:
         return len(self.connections)
 
