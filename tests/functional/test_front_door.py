@@ -289,17 +289,22 @@ def test_a_client_that_floods_pings_then_resets_is_an_info_line_not_a_traceback(
     ping = _masked(0x9, b"p" * 125)
     deadline = time.monotonic() + 1.0
     sent = 0
+    cut = False
     while time.monotonic() < deadline:
         try:
             sent += sock.send(ping * 64)
         except TimeoutError:
             break  # the server stopped reading: its pongs are not being taken
-    assert sent > 100_000
+        except (ConnectionResetError, BrokenPipeError):
+            cut = True  # the server cut it first: unread pongs past MAX_BUFFER_BYTES
+            break
+    assert cut or sent > 100_000
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     sock.close()  # an RST, not a FIN
     serve.wait_for('"msg":"WebSocket client disconnected"', before + 1)
     last = [x for x in serve.lines() if x["msg"] == "WebSocket client disconnected"][-1]
-    assert (last["level"], last["reason"]) == ("info", "connection_reset")
+    assert last["level"] == "info"
+    assert last["reason"] in ("connection_reset", "backpressure_limit")
     assert '"level":"error"' not in serve.stderr
     assert "Traceback" not in serve.stderr
 
