@@ -15,7 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from control_room import logging as logs
 from control_room.auth import Principal
 from control_room.broker.base import Broker, BrokerUnavailable, HistoryGone
-from control_room.commands import Caller, Commands
+from control_room.commands import Caller, Commands, upstream_message
 from control_room.health import REDIS_UNAVAILABLE, STORE_UNAVAILABLE
 from control_room.jules.actions import Source
 from control_room.jules.activities import ActivityListing, BadActivity, decode_activity, patches_of
@@ -181,7 +181,10 @@ class Api:
         return json_bytes(encode(body))
 
     async def session(self, request: web.Request) -> web.StreamResponse:
-        """One session by id."""
+        """One session by id; 503 `not_ready` before the first complete listing (an id not
+        yet known is not yet a 404)."""
+        if not self._state.ready:
+            return not_ready(self._state.health)
         sid = request.match_info["id"]
         found = self._state.sessions.get(sid)
         if found is None:
@@ -200,6 +203,8 @@ class Api:
         """
         sid = request.match_info["id"]
         state = self._state
+        if not state.ready:
+            return not_ready(state.health)
         if sid not in state.sessions:
             return json_error(404, "not_found", message=f"no session {sid!r}")
         try:
@@ -224,9 +229,7 @@ class Api:
             try:
                 read = await self._read_timeline(sid)
             except UpstreamError as exc:
-                return json_error(
-                    502, "upstream_unavailable", message=f"Jules answered: {exc.detail}"
-                )
+                return json_error(502, "upstream_unavailable", message=upstream_message(exc))
             if sid not in state.sessions:
                 return json_error(404, "not_found", message=f"no session {sid!r}")
             activities = read or []
@@ -287,7 +290,7 @@ class Api:
         try:
             raw = await self._timelines.get_activity(sid, aid)
         except UpstreamError as exc:
-            return json_error(502, "upstream_unavailable", message=f"Jules answered: {exc.detail}")
+            return json_error(502, "upstream_unavailable", message=upstream_message(exc))
         if raw is None:
             return json_error(404, "not_found", message=f"no activity {aid!r} in session {sid!r}")
         try:
@@ -351,10 +354,13 @@ class Api:
         )
 
     async def me(self, request: web.Request) -> web.StreamResponse:
-        """`GET /api/me`: what the presented token may do (`{"readOnly", "commands"}`), so a
-        client can hide controls it would be refused (never the token or its fingerprint)."""
+        """`GET /api/me`: what the presented token may do, so a client can hide controls it
+        would be refused (never the token or its fingerprint). `{"readOnly": bool,
+        "commands": bool}`: `commands` is true when this token's commands would run (the
+        service has an upstream to send them to, and the token is not read-only)."""
         principal = request[PRINCIPAL]
-        body = {"readOnly": principal.read_only, "commands": self._commands is not None}
+        may_command = self._commands is not None and not principal.read_only
+        body = {"readOnly": principal.read_only, "commands": may_command}
         return json_bytes(encode(body))
 
     async def list_sources(self, request: web.Request) -> web.StreamResponse:
@@ -364,7 +370,7 @@ class Api:
         try:
             sources = await self._sources()
         except UpstreamError as exc:
-            return json_error(502, "upstream_unavailable", message=f"Jules answered: {exc.detail}")
+            return json_error(502, "upstream_unavailable", message=upstream_message(exc))
         return json_bytes(encode({"sources": sources}))
 
     async def deltas(self, request: web.Request) -> web.StreamResponse:

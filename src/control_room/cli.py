@@ -259,7 +259,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="serve against the Jules API (configured by env)")
     serve.set_defaults(func=cmd_serve)
-    demo = sub.add_parser("demo", help="serve against an embedded simulated Jules API")
+    demo = sub.add_parser(
+        "demo",
+        help="serve against an embedded simulated Jules API",
+        description="Serve against an embedded simulated Jules API. Every `serve` setting"
+        " but the Jules API's address and key is read from the environment as for serve"
+        " (PORT, HOST, PERSIST, ...; see"
+        " docs/reference/configuration.md); LOCAL_TOKEN is made up unless set — set it to"
+        " keep the same token across restarts, so watchers and the dashboard reconnect.",
+    )
     demo.add_argument("--seed", type=int, default=None, help="simulator seed (random if unset)")
     demo.add_argument("--tick", type=float, default=DEMO_TICK_S, help="seconds per life step")
     demo.set_defaults(func=cmd_demo)

@@ -612,7 +612,8 @@ class ControlRoomClient:
 
     async def me(self) -> dict[str, bool]:
         """What this token may do (`GET /api/me`): `{"readOnly": bool, "commands": bool}`
-        (`commands`: whether the service can send commands to Jules at all)."""
+        (`commands`: whether this token's commands would run: not read-only, and the service can
+        reach Jules' command API)."""
         _, body = await self._call("GET", "/api/me")
         return self._decode(body, dict[str, bool], "/api/me")
 
@@ -930,10 +931,17 @@ class ControlRoomClient:
             else:
                 connected_at = loop.time()
                 self._ws = ws
-                self._status(Connected(self.ws_url, position, failures))
+                # Starting from a snapshot, the position is known once it has arrived: say
+                # "connected" then, with the position, rather than "from now" before it.
+                announced = position is not None
+                if announced:
+                    self._status(Connected(self.ws_url, position, failures))
                 try:
                     async with ws, contextlib.aclosing(self._read(ws)) as reading:
                         async for message in reading:
+                            if not announced:
+                                announced = True
+                                self._status(Connected(self.ws_url, self.position, failures))
                             if isinstance(message.event, SnapshotMessage) and not show_snapshot:
                                 continue
                             yield message

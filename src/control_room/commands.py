@@ -115,6 +115,21 @@ def upstream_error_code(exc: UpstreamError) -> ErrorCode:
     return "upstream_unavailable"
 
 
+ANSWERED_KINDS: Final = frozenset(
+    {"server_error", "rate_limited", "client_error", "unauthorized", "bad_response"}
+)  # the failures where Jules did answer; the others (network, timeout) never reached it
+
+
+def upstream_message(exc: UpstreamError) -> str:
+    """What a client is told of an upstream failure, in one line: `Jules answered: …` only
+    when Jules did answer; `Jules did not answer: …` when the request got no usable answer
+    (connection refused, timeout, an answer cut short), so nobody is told Jules said
+    something it did not."""
+    if exc.kind in ANSWERED_KINDS or exc.status is not None:
+        return f"Jules answered: {exc.detail}"
+    return f"Jules did not answer: {exc.detail}"
+
+
 def _ok(id: MessageId, session: JulesSession | None = None) -> ResultMessage:
     return ResultMessage(id=id, ok=True, session=session)
 
@@ -160,7 +175,17 @@ async def _create(commands: Commands, caller: Caller, command: Command) -> Resul
     _prompt(command.prompt)
     if command.repository is not None and command.repository.count("/") != 1:
         raise CommandError("invalid_argument", "repository must be owner/repo")
-    session = await commands.actions.create_session(command)
+    try:
+        session = await commands.actions.create_session(command)
+    except UpstreamError as exc:
+        if command.repository is not None and exc.status == 404:
+            # Jules' own words ("Requested entity was not found") do not say which entity.
+            raise CommandError(
+                "not_found",
+                "Jules does not know that repository: connect it to Jules first;"
+                " GET /api/sources (control-room sources) lists the ones it knows",
+            ) from exc
+        raise
     return _ok(command.id, await commands.refreshed(session.id) or session)
 
 
@@ -243,7 +268,7 @@ class Commands:
                 "Command refused by the upstream",
                 extra={"command": kind, "caller": caller.name, "code": code, "kind": exc.kind},
             )
-            return error_result(command.id, code, f"Jules answered: {exc.detail}")
+            return error_result(command.id, code, upstream_message(exc))
         log.info("Command done", extra={"command": kind, "caller": caller.name})
         return result
 

@@ -182,7 +182,14 @@ def cmd_show(args: argparse.Namespace) -> int:
     out = Out(sys.stdout)
 
     async def call(client: ControlRoomClient) -> int:
-        session = await client.session(args.id)
+        try:
+            session = await client.session(args.id)
+        except NotFound as exc:
+            raise NotFound(
+                exc.code,
+                f"{exc.message}; an archived session is hidden until"
+                f" `control-room unarchive {args.id}`",
+            ) from exc
         try:
             page = await client.activities(args.id)
         except (NotFound, UpstreamUnavailable) as exc:  # the session is still worth showing

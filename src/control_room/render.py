@@ -183,7 +183,8 @@ def format_reset(
     """The line for a reset: the stream restarted, what happened in the gap is not shown."""
     head = _head(timestamp, "reset", color, tz)
     why = {
-        "epoch_changed": "the service restarted without its history",
+        "epoch_changed": "not the service's epoch (it restarted without its history,"
+        " or the epoch is wrong)",
         "history_expired": "the missed deltas are no longer kept",
         "too_far_behind": "too many deltas were missed to replay them",
         "ahead_of_server": "the service is behind this position (its store restored?)",

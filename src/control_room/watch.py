@@ -318,9 +318,10 @@ def quiet_broken_pipe() -> int:
 class _StatusPrinter:
     """Connection changes, one line each on stderr, so stdout stays deltas only."""
 
-    def __init__(self, url: str, color: bool, view: str = "") -> None:
+    def __init__(self, url: str, color: bool, view: str = "", activities: bool = False) -> None:
         self._url = url
         self._view = view
+        self._activities = activities  # say the activities channel's position too
         self._color = color
         self._ever_connected = False
         self._last_reason = ""
@@ -331,7 +332,7 @@ class _StatusPrinter:
         if isinstance(status, Connected):
             pos = status.position
             where = f"from seq {pos.seq} (epoch {pos.epoch})" if pos is not None else "from now"
-            if pos is not None and pos.activities_seq:
+            if pos is not None and (pos.activities_seq or self._activities):
                 where = (
                     f"from seq {pos.seq}, activities seq {pos.activities_seq} (epoch {pos.epoch})"
                 )
@@ -443,7 +444,10 @@ def cmd_watch(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     color = wants_color(sys.stdout, args.no_color, env)
     status = _StatusPrinter(
-        address.url, wants_color(sys.stderr, args.no_color, env), describe_view(args)
+        address.url,
+        wants_color(sys.stderr, args.no_color, env),
+        describe_view(args),
+        activities=args.activities,
     )
     encoding: Encoding = "msgpack" if args.msgpack else "json"
     client = make_client("watch", address, status, encoding)

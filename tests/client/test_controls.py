@@ -23,8 +23,8 @@ from control_room.client import (
     command_error,
 )
 from control_room.controls import exit_code
-from control_room.jules.simulator import Simulator
-from tests.client.conftest import Proc
+from control_room.jules.simulator import Simulator, SimulatorServer
+from tests.client.conftest import Proc, closed_port
 from tests.conftest import TOKEN, ServiceFactory
 
 READONLY = "read-only-token"
@@ -106,6 +106,9 @@ async def test_new_creates_a_session_and_says_where(
     assert url.strip() == f"https://jules.google.com/session/{session_id}"
     made = sim.get(session_id)
     assert made["prompt"] == "Add a README" and made["automationMode"] == "AUTO_CREATE_PR"
+    for _ in range(30):  # the plan waits for its creator: the simulated user leaves it alone
+        sim.tick()
+    assert sim.get(session_id)["state"] == "AWAITING_PLAN_APPROVAL"
     assert approved_by(sim, session_id) == "user"  # the plan waits for approval by default
     code, out, _ = await run(
         procs, service, "new", "--json", "--repo", "acme/web-app", "--no-plan-approval", "Go"
@@ -121,7 +124,11 @@ async def test_new_creates_a_session_and_says_where(
     ("args", "code", "message"),
     [
         (["new", "--repo", "nosuch", "x"], 2, "control-room new: invalid_argument: "),
-        (["new", "--repo", "no/such", "x"], 4, "control-room new: not_found: "),
+        (
+            ["new", "--repo", "no/such", "x"],
+            4,
+            "control-room new: not_found: Jules does not know that repository: connect it",
+        ),
         (["approve", "404404"], 4, "control-room approve: not_found: Jules answered: "),
         (["approve"], 2, "the following arguments are required: ID"),
     ],
@@ -186,6 +193,9 @@ async def test_archive_unarchive_and_delete_with_confirmation(
     assert (code, out.strip()) == (0, f"archived {done['id']}")
     assert sim.get(done["id"])["archived"] is True
     assert done["id"] not in service.poller.sessions  # it left the control room at once
+    code, out, err = await run(procs, service, "show", done["id"])  # hidden, not gone
+    assert (code, out) == (4, "")
+    assert f"hidden until `control-room unarchive {done['id']}`" in err
     code, out, _ = await run(procs, service, "unarchive", done["id"])
     assert code == 0 and out.startswith(f"unarchived {done['id']}")
     code, out, err = await run(procs, service, "delete", done["id"])  # stdin is no terminal
@@ -224,3 +234,28 @@ async def test_show_prints_the_session_with_a_hint_when_it_waits(
     )
     assert "\x1b[" not in out
     assert code == 0, err
+
+
+async def test_show_before_the_first_poll_says_why_not_that_the_session_is_missing(
+    procs: list[Proc], make_service: ServiceFactory
+) -> None:
+    # The Jules API refuses connections: no session is known yet, none is known missing.
+    svc = await make_service(jules_api_base=f"http://127.0.0.1:{closed_port()}/v1alpha")
+    p = await Proc.start("show", "123", "--url", svc.url, "--token", TOKEN)
+    procs.append(p)
+    code, out, err = await p.finish()
+    assert (code, out) == (1, "")
+    assert f"control-room show: {svc.url} is not ready: " in err
+    assert "connection refused" in err and "not_found" not in err
+
+
+async def test_a_command_jules_never_answered_does_not_say_it_answered(
+    procs: list[Proc], service: Service, sim: Simulator, upstream: SimulatorServer
+) -> None:
+    assert service.poller is not None
+    waiting = sim.create(state="AWAITING_PLAN_APPROVAL", title="Add retries")
+    await service.poller.poll_once()
+    await upstream.stop()  # the simulated Jules API goes away: connections are refused
+    code, out, err = await run(procs, service, "approve", waiting["id"])
+    assert (code, out) == (1, "")
+    assert "upstream_unavailable: Jules did not answer: connection refused" in err, err

@@ -77,7 +77,8 @@ def test_a_scripted_sequence_reads_one_line_per_delta() -> None:
         " · approval pending → approved"
         " · pull request added https://github.com/acme/api/pull/7",
         "12:02:00  - deleted  acme/api                Fix flaky login test · was COMPLETED",
-        "12:03:00  ! reset    the service restarted without its history (epoch_changed);"
+        "12:03:00  ! reset    not the service's epoch (it restarted without its history,"
+        " or the epoch is wrong) (epoch_changed);"
         " now at epoch b7e1, seq 0; changes in the gap are not shown",
     ]
 

@@ -382,3 +382,16 @@ async def test_watch_activities_positions_go_together(
     code, out, err = await p.finish()
     assert (code, out) == (2, "")
     assert message in err
+
+
+async def test_watch_with_activities_starts_by_saying_both_positions(
+    procs: list[Proc], service: Service
+) -> None:
+    assert service.broker is not None
+    position = service.broker.position
+    p = await Proc.start("watch", "--activities", "--url", service.url, "--token", TOKEN)
+    procs.append(p)
+    line = await p.err_until("watching")
+    assert f"from seq {position.seq}, activities seq " in line, line  # not "from now"
+    assert f"(epoch {position.epoch}); with activities" in line
+    assert await p.stop() == 0

@@ -204,7 +204,7 @@ async def test_me_says_whether_the_token_may_send_commands(
     viewer = {"Authorization": "Bearer viewer-token-0123456789"}
     async with http.get(service.url + "/api/me", headers=viewer) as resp:
         body = await resp.json()
-    assert body == {"readOnly": True, "commands": True}
+    assert body == {"readOnly": True, "commands": False}
     assert "viewer" not in str(body)
 
 

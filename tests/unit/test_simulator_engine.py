@@ -563,6 +563,18 @@ def test_plans_awaiting_approval_are_auto_approved_after_a_few_ticks() -> None:
     assert sim.activities(sid)[-1]["originator"] == USER
 
 
+def test_a_session_created_by_a_client_waits_for_that_client() -> None:
+    sim = make(max_sessions=0)
+    plan = sim.create(state=AWAITING_PLAN_APPROVAL, attended=True)["id"]
+    question = sim.create(state=AWAITING_USER_FEEDBACK, attended=True)["id"]
+    for _ in range(AUTO_APPROVE_STEPS * 10):
+        sim.tick()
+    assert sim.get(plan)["state"] == AWAITING_PLAN_APPROVAL  # nobody approved in its place
+    assert sim.get(question)["state"] == AWAITING_USER_FEEDBACK
+    sim.approve_plan(plan)
+    assert sim.get(plan)["state"] == IN_PROGRESS
+
+
 def test_no_session_is_created_at_max_sessions(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(engine_module, "CREATE_PROBABILITY", 1.0)
     sim = make(max_sessions=3)

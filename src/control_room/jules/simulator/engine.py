@@ -179,6 +179,7 @@ class _Entry:
     plan_approved: bool = False
     todo: list[str] = field(default_factory=list)  # steps of work still to do
     waits: int = 0  # steps spent waiting on the user in the current state
+    attended: bool = False  # created by a client: only that client approves and answers
     state_tick: int = 0  # board: the tick of its last change (one step per tick)
     finished_tick: int | None = None  # board: the tick it settled, for the linger
     due: float = 0.0  # account: clock reading of its next step
@@ -376,12 +377,16 @@ class Simulator:
         require_plan_approval: bool = True,
         auto_create_pr: bool = True,
         repoless: bool = False,
+        attended: bool = False,
     ) -> Resource:
         """Create a session (unset fields are picked from a pool of plausible ones).
 
         `repo` is `owner/name` (an unknown one is connected as a source); `repoless=True`
         makes a session without a repository (no `sourceContext`). `auto_create_pr` is the
         real `automationMode: AUTO_CREATE_PR`: only then does completion open a pull request.
+        `attended=True` (a session created through the API) is left to its creator: the
+        simulated user never approves its plan or answers its questions, as real Jules
+        waits for the person who started it.
         A `state` other than QUEUED is reached with the activities that lead to it.
         """
         rng = self._rng
@@ -430,6 +435,7 @@ class Simulator:
             ready_at=self._read_clock() + self.activities_not_found_for,
             linger=rng.randint(*LINGER_TICKS),
             state_tick=self._tick,
+            attended=attended,
         )
         self._entries[session_id] = entry
         listed = self._orders.get(False)
@@ -690,11 +696,11 @@ class Simulator:
             self._plan_ready(entry)
         elif state == AWAITING_PLAN_APPROVAL:
             entry.waits += 1
-            if entry.waits >= AUTO_APPROVE_STEPS:
+            if entry.waits >= AUTO_APPROVE_STEPS and not entry.attended:
                 self._approve(entry, USER)
         elif state == AWAITING_USER_FEEDBACK:
             entry.waits += 1
-            if entry.waits >= FEEDBACK_ANSWER_STEPS:
+            if entry.waits >= FEEDBACK_ANSWER_STEPS and not entry.attended:
                 self._user_message(entry, self._rng.choice(ANSWERS), IN_PROGRESS)
         elif state == IN_PROGRESS:
             self._work(entry)

@@ -400,6 +400,7 @@ class _Api:
             require_plan_approval=approval is True,
             auto_create_pr=mode == AUTO_CREATE_PR,
             repoless=source is None,
+            attended=True,
         )
         return _json(session)
 
