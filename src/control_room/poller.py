@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Sequence
 from typing import Final, Protocol, TypeVar
 
 import msgspec
@@ -34,7 +34,7 @@ from control_room.deletions import GONE, Check, Outcome, Verdict, judge, sample
 from control_room.diff import diff
 from control_room.health import UpstreamHealth
 from control_room.jules.activities import ActivityListing
-from control_room.jules.client import FirstPage, UpstreamError
+from control_room.jules.client import FirstPage, PagingError, UpstreamError
 from control_room.jules.mapping import MappedListing, map_listing, map_session
 from control_room.jules.requests import RequestCounter
 from control_room.jules.types import RawSession, Session
@@ -49,6 +49,10 @@ __all__ = ["Poller", "Upstream", "UpstreamHealth", "iso_now"]
 MAX_POLL_BACKOFF_S: Final = 60.0
 """A minute: recovers quickly, costs little quota while down. A rejected key gets the same:
 a key rotated in its file is picked up at once anyway (`wake`)."""
+MAX_LISTING_RETRY_S: Final = 60.0
+"""A complete listing cut short by a failed page is tried again after a backoff from one
+poll interval up to a minute, as a failing upstream is polled; the polls in between read
+the first page only, so a page that keeps failing costs little and holds nothing back."""
 CHECKS_IN_FLIGHT: Final = 4
 """Deletion checks run at once: a sample of 16 takes four round trips, and the upstream's
 quota is not hammered (its own SDK allows 50 requests in flight)."""
@@ -57,6 +61,14 @@ HOT_READS_IN_FLIGHT: Final = 4
 ACTIVITY_READS_IN_FLIGHT: Final = 4
 """Sessions whose activities are read at once: 20 working sessions that all moved are read
 in five round trips (well under a second), and a burst never opens more than four requests."""
+PAGE_BUDGET_SHARE: Final = 0.5
+"""One page of a listing (its retries included) may take half a poll interval: a healthy
+upstream answers a page in well under a second, so only a hanging one is cut. A later
+page cut (or failed) leaves a partial listing whose changes are still published, so a
+hanging page delays the sessions it does not hold only."""
+MIN_PAGE_BUDGET_S: Final = 1.0
+"""...but at least a second: with a very short interval a page must still be able to
+answer."""
 CHECK_BUDGET_SHARE: Final = 0.5
 """The reads that follow a listing (deletion checks, listing a torn listing again, working
 sessions read one by one, activities) share half a poll interval: the poll still ends
@@ -80,11 +92,15 @@ iso_now = rfc3339.now
 class Upstream(Protocol):
     """What the poller (and the REST timeline routes) need from the Jules client."""
 
-    async def list_sessions(self) -> Sequence[RawSession]:
-        """Every session as raw JSON, or UpstreamError."""
+    def list_pages(
+        self, page_budget: float | None = None
+    ) -> AsyncGenerator[Sequence[RawSession], None]:
+        """Every session as raw JSON, page by page; UpstreamError when a page fails, or
+        gets no answer within `page_budget` seconds (the pages before it are yielded)."""
 
-    async def list_first_page(self) -> FirstPage:
-        """The newest sessions (the first page) and whether more pages follow; UpstreamError."""
+    async def list_first_page(self, page_budget: float | None = None) -> FirstPage:
+        """The newest sessions (the first page) and whether more pages follow; UpstreamError
+        (a `timeout` past `page_budget` seconds)."""
 
     async def get_session(self, session_id: str) -> Session | None:
         """That very session, None when it does not exist, or UpstreamError."""
@@ -152,6 +168,8 @@ class Poller:
             if check_budget is not None
             else max(MIN_CHECK_BUDGET_S, interval * CHECK_BUDGET_SHARE)
         )
+        self._page_budget = max(MIN_PAGE_BUDGET_S, interval * PAGE_BUDGET_SHARE)
+        self._incomplete = 0  # complete listings in a row cut short by a failed page
         self._persist = persist
         self._notify = notify
         # A snapshot loaded from a store is diffed against (not re-announced) on the first poll.
@@ -234,7 +252,7 @@ class Poller:
         previous = self._listing or MappedListing.empty()
         complete = self._schedule.complete_due(started)
         if complete:
-            current = await self._list(previous)
+            current, complete = await self._list_all(previous, baseline)
         else:
             current, complete = await self._list_newest(previous)
         deadline = loop.time() + self._check_budget
@@ -332,17 +350,92 @@ class Poller:
         and never deletes.
         """
         started = time.perf_counter()
-        page = await self.upstream.list_first_page()
+        page = await self.upstream.list_first_page(self._page_budget)
         self._metrics.poll_duration.observe(time.perf_counter() - started)
         if not page.more:
             current = map_listing(page.sessions, previous)
             self._report_listing(current)
             return current, True
+        return self._merged(page.sessions, previous), False
+
+    def _merged(self, raws: Sequence[RawSession], previous: MappedListing) -> MappedListing:
+        """The sessions of a partial listing merged over the previous snapshot: they create
+        and update (an older version than shown excepted), and nothing is deleted."""
         ref = self._page_ref or previous
-        mapped = map_listing(page.sessions, MappedListing(ref.raws, ref.ids, previous.sessions))
+        mapped = map_listing(raws, MappedListing(ref.raws, ref.ids, previous.sessions))
         sessions = dict(previous.sessions)
         sessions.update(mapped.sessions)
-        return MappedListing(mapped.raws, mapped.ids, sessions, list(mapped.fresh or ())), False
+        return MappedListing(mapped.raws, mapped.ids, sessions, list(mapped.fresh or ()))
+
+    async def _list_all(
+        self, previous: MappedListing, baseline: bool
+    ) -> tuple[MappedListing, bool]:
+        """Read every page; (the listing to diff, whether it is complete).
+
+        A later page that fails or hangs (past the page budget) does not fail the poll: the
+        pages read are a partial listing, merged over the previous snapshot like a first
+        page (creations and changes, never a deletion), and the complete listing is tried
+        again on a later poll (backing off). Nothing read, or no baseline yet: UpstreamError.
+        """
+        started = time.perf_counter()
+        raws, ends, error = await self._read_pages()
+        self._metrics.poll_duration.observe(time.perf_counter() - started)
+        if error is None:
+            current = map_listing(raws, previous)
+            self._report_listing(current)
+            self._listing_whole()
+            return current, True
+        if not raws or baseline:
+            raise error
+        self._listing_cut(error, len(ends))
+        return self._merged(raws, previous), False
+
+    async def _read_pages(self) -> tuple[list[RawSession], list[int], UpstreamError | None]:
+        """The sessions of every page read, where each page ended, and the error that cut
+        the listing short (None: it is complete)."""
+        raws: list[RawSession] = []
+        ends: list[int] = []
+        try:
+            async with contextlib.aclosing(self.upstream.list_pages(self._page_budget)) as pages:
+                async for page in pages:
+                    raws.extend(page)
+                    ends.append(len(raws))
+        except UpstreamError as exc:
+            return raws, ends, exc
+        return raws, ends, None
+
+    def _listing_cut(self, error: UpstreamError, pages: int) -> None:
+        """A complete listing was cut short after `pages` pages: count it, say it once per
+        streak, show it in /healthz, and plan the next try with backoff."""
+        self._incomplete += 1
+        self._metrics.listings_incomplete.labels(error.kind).inc()
+        if isinstance(error, PagingError):
+            self._metrics.listing_anomalies.labels(error.anomaly).inc()
+        self.health.listing_cut = error.detail
+        cap = MAX_LISTING_RETRY_S
+        retry_in = backoff_delay(self._incomplete, min(self._interval, cap), cap)
+        if error.retry_after is not None:  # a 429's wish, as for a failed poll
+            retry_in = max(retry_in, min(error.retry_after, MAX_POLL_BACKOFF_S))
+        loop = asyncio.get_running_loop()
+        self._schedule.listing_failed(loop.time(), retry_in)
+        log.log(
+            logging.WARNING if self._incomplete == 1 else logging.DEBUG,
+            "Listing incomplete: a page failed; changes on the pages read are published,"
+            " deletions wait for a complete listing",
+            extra={
+                "pagesRead": pages,
+                "kind": error.kind,
+                "error": error.detail,
+                "completeListingIn": round(retry_in, 3),
+            },
+        )
+
+    def _listing_whole(self) -> None:
+        """A complete listing was read to its end."""
+        if self._incomplete:
+            log.info("Complete listing read again", extra={"afterIncomplete": self._incomplete})
+        self._incomplete = 0
+        self.health.listing_cut = None
 
     async def _read_hot(self, current: MappedListing, deadline: float) -> None:
         """Read each working session the first page did not show (at most MAX_HOT_GETS);
@@ -576,11 +669,14 @@ class Poller:
             listing.sessions = sessions
 
     async def _list(self, previous: MappedListing) -> MappedListing:
-        """List every session and map the listing against `previous`; UpstreamError."""
+        """List every session again and map the listing against `previous`; UpstreamError
+        when any page fails (a partial listing cannot settle deletions)."""
         started = time.perf_counter()
-        raw = await self.upstream.list_sessions()
+        raws, _, error = await self._read_pages()
         self._metrics.poll_duration.observe(time.perf_counter() - started)
-        current = map_listing(raw, previous)
+        if error is not None:
+            raise error
+        current = map_listing(raws, previous)
         self._report_listing(current)
         return current
 

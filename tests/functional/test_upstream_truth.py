@@ -17,6 +17,7 @@ import pytest
 from control_room import render
 from control_room.app import Service
 from control_room.client import ControlRoomClient
+from control_room.jules.client import MAX_PAGES
 from tests.conftest import TOKEN, ServiceFactory, connect, nothing_more, receive_json, receive_n
 from tests.fake_upstream import FakeUpstream, Reply, session
 
@@ -264,32 +265,51 @@ def page(ids: list[str], token: str | None) -> Reply:
 
 
 @pytest.mark.parametrize(
-    ("replies", "says"),
+    ("replies", "says", "anomaly"),
     [
-        ([page(["3"], "A"), page(["2"], "B"), page(["1"], "A")], "loops: page 3"),
-        ([page(["3"], "A"), page(["2"], "A")], "loops: page 2"),
-        ([page(["3"], "A")] + [Reply(json={"nextPageToken": f"e{i}"}) for i in range(10)], "empty"),
+        ([page(["3"], "A"), page(["2"], "B"), page(["1"], "A")], "loops: page 3", "token_loop"),
+        ([page(["3"], "A"), page(["2"], "A")], "loops: page 2", "token_loop"),
+        (
+            [page(["3"], "A")] + [Reply(json={"nextPageToken": f"e{i}"}) for i in range(10)],
+            "empty",
+            "empty_pages",
+        ),
+        (
+            # Fresh tokens that never repeat nor end: cut at MAX_PAGES, not read for minutes.
+            [page(["3"], f"t{i}") for i in range(MAX_PAGES + 50)],
+            f"ran past {MAX_PAGES} pages",
+            "too_many_pages",
+        ),
     ],
-    ids=["token loop", "token repeated", "empty pages forever"],
+    ids=["token loop", "token repeated", "empty pages forever", "fresh tokens forever"],
 )
-async def test_paging_that_never_ends_fails_the_poll_with_no_delta(
+async def test_paging_that_never_ends_cuts_the_listing_with_no_delta(
     http: aiohttp.ClientSession,
     fake: FakeUpstream,
     make_fake_service: ServiceFactory,
     caplog: pytest.LogCaptureFixture,
     replies: list[Reply],
     says: str,
+    anomaly: str,
 ) -> None:
+    """Broken paging cuts the complete listing short: no delta (none is false; deletions
+    wait for a complete listing), a warning naming the fault, a metric, /healthz says so."""
     fake.add(3)
     service = await make_fake_service()
     ws = await connect(http, service)
     fake.list_replies.extend(replies)
+    calls = len(fake.keys_seen)
     with caplog.at_level(logging.WARNING, logger="control_room"):
         await poll(service)
     await nothing_more(ws)
-    assert service.poller is not None and service.poller.health.consecutive_failures == 1
-    (line,) = [r for r in caplog.records if r.getMessage().startswith("Upstream poll failed")]
+    assert len(fake.keys_seen) - calls <= MAX_PAGES
+    (line,) = [r for r in caplog.records if r.getMessage().startswith("Listing incomplete")]
     assert says in line.__dict__["error"] and f"127.0.0.1:{fake.port}" in line.__dict__["error"]
+    assert sample(service, "control_room_listing_anomalies_total", kind=anomaly) == 1
+    assert sample(service, "control_room_listings_incomplete_total", kind="bad_response") == 1
+    health = await healthz(http, service)
+    assert health["reasons"] == ["upstream_listing_incomplete"]
+    assert len(await listed_ids(http, service)) == 3
 
 
 async def test_duplicates_across_pages_and_oversized_pages_make_no_false_delta(
