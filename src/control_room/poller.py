@@ -70,13 +70,20 @@ MIN_PAGE_BUDGET_S: Final = 1.0
 """...but at least a second: with a very short interval a page must still be able to
 answer."""
 CHECK_BUDGET_SHARE: Final = 0.5
-"""The reads that follow a listing (deletion checks, listing a torn listing again, working
-sessions read one by one, activities) share half a poll interval: the poll still ends
-within its period, so a change elsewhere is never late by more than one. What does not
-finish in time is read again next poll."""
+"""The checks that follow a listing (deletion checks, listing a torn listing again, working
+sessions read one by one) share half a poll interval: the poll still ends within about its
+period, so a change elsewhere is never late by more than about one. What does not finish
+in time is read again next poll."""
 MIN_CHECK_BUDGET_S: Final = 1.0
 """...but at least a second, or with a very short interval no check could ever answer and
 no deletion would ever be confirmed."""
+ACTIVITY_BUDGET_SHARE: Final = 0.25
+"""Activity reads have a budget of their own, a quarter interval, starting when they start:
+however many vanished sessions are being confirmed (or hang), the activities of the
+sessions that moved are still read in the same poll. Five round trips of 4 reads at
+~0.2 s fit in a 5 s poll's quarter; the rest are read next poll."""
+MIN_ACTIVITY_BUDGET_S: Final = 1.0
+"""...but at least a second, as for checks."""
 MAX_RELISTS: Final = 2
 """A torn listing is listed again at most twice per poll: a tear is a race with a change
 upstream, and rarely repeats; if it does, only confirmed deletions are applied."""
@@ -169,6 +176,7 @@ class Poller:
             else max(MIN_CHECK_BUDGET_S, interval * CHECK_BUDGET_SHARE)
         )
         self._page_budget = max(MIN_PAGE_BUDGET_S, interval * PAGE_BUDGET_SHARE)
+        self._activity_budget = max(MIN_ACTIVITY_BUDGET_S, interval * ACTIVITY_BUDGET_SHARE)
         self._incomplete = 0  # complete listings in a row cut short by a failed page
         self._persist = persist
         self._notify = notify
@@ -287,7 +295,8 @@ class Poller:
         # The first poll since start also reads the timelines of the working sessions.
         follow = () if self._following else [s.id for s in current.sessions.values() if is_hot(s)]
         reads = self._cursors.plan(changes, current.sessions, loop.time(), follow=follow)
-        results = await self._read_activities(reads, deadline)
+        # Their own budget: checks that used theirs up never starve them.
+        results = await self._read_activities(reads, loop.time() + self._activity_budget)
         activities, done = self._settle_reads(reads, results, current.sessions)
         if (changes or activities) and not await self._publish(
             changes, activities, current.sessions
@@ -659,7 +668,7 @@ class Poller:
                 touched=[session_id] if after is not None else [],
                 include_due=False,
             )
-            results = await self._read_activities(reads, loop.time() + self._check_budget)
+            results = await self._read_activities(reads, loop.time() + self._activity_budget)
             activities, done = self._settle_reads(reads, results, sessions, "refresh")
             if (changes or activities) and not await self._publish(changes, activities, sessions):
                 self._cursors.again(read for read, _ in done)
