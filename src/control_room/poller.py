@@ -35,7 +35,7 @@ from control_room.diff import diff
 from control_room.health import UpstreamHealth
 from control_room.jules.activities import ActivityListing
 from control_room.jules.client import FirstPage, PagingError, UpstreamError
-from control_room.jules.mapping import MappedListing, map_listing, map_session
+from control_room.jules.mapping import MappedListing, is_older, map_listing, map_session
 from control_room.jules.requests import RequestCounter
 from control_room.jules.types import RawSession, Session
 from control_room.metrics import Metrics
@@ -645,6 +645,8 @@ class Poller:
                 if before is None or not gone_is_deleted:
                     return
                 after = None
+            elif before is not None and is_older(found.updateTime, before.updatedAt):
+                after = before  # an older version than shown (a lagging replica): kept
             else:
                 after = map_session(found, before)
                 flag = stalled_since(
@@ -747,15 +749,29 @@ class Poller:
                 },
             )
 
-    @staticmethod
-    def _apply(verdict: Verdict, previous: MappedListing, current: MappedListing) -> None:
-        """Put back every vanished session that is not proven gone."""
+    def _apply(self, verdict: Verdict, previous: MappedListing, current: MappedListing) -> None:
+        """Put back every vanished session that is not proven gone: with the data its GET
+        returned, unless that is older than the version shown (a lagging replica), which is
+        kept as it was, as for a listing entry."""
+        stale: list[str] = []
         for sid, session in verdict.present.items():
-            current.sessions[sid] = map_session(session, previous.sessions.get(sid))
+            before = previous.sessions.get(sid)
+            if before is not None and is_older(session.updateTime, before.updatedAt):
+                current.sessions[sid] = before
+                stale.append(sid)
+                continue
+            current.sessions[sid] = map_session(session, before)
             if current.fresh is not None:
                 current.fresh.append(sid)
         for sid in verdict.unconfirmed:
             current.sessions[sid] = previous.sessions[sid]
+        self._metrics.listing_anomalies.labels("stale_version").inc(len(stale))
+        new, _ = self._streaks.update("stale_get", stale)
+        if new:
+            log.warning(
+                "A GET answered older versions than already shown; the shown ones are kept",
+                extra={"sessionIds": _shown(new), "count": len(stale)},
+            )
 
     async def _check(self, sids: list[str], deadline: float) -> dict[str, Check]:
         """GET each session, at most CHECKS_IN_FLIGHT at once, all before `deadline`."""

@@ -254,6 +254,29 @@ async def test_an_older_version_than_the_one_shown_makes_no_delta(
     assert (delta["before"]["state"], delta["after"]["state"]) == ("PLANNING", "IN_PROGRESS")
 
 
+async def test_an_older_version_from_a_confirming_get_makes_no_delta(
+    http: aiohttp.ClientSession, fake: FakeUpstream, make_fake_service: ServiceFactory
+) -> None:
+    """A session drops out of the listing and the GET that checks it answers an older
+    version (a lagging replica): it is kept as shown, never moved backwards."""
+    fake.add(2)
+    fake.update("1", updateTime="2026-01-01T10:00:00Z", state="PLANNING")
+    service = await make_fake_service()
+    ws = await connect(http, service)
+    older = session("1", updateTime="2026-01-01T09:59:59Z", state="QUEUED")
+    fake.hidden = {"1"}
+    fake.get_replies["1"].extend([Reply(json=older)] * 3)  # the listing and its two retries
+    await poll(service)
+    await nothing_more(ws)
+    assert (await listed_ids(http, service))["1"]["state"] == "PLANNING"
+    assert sample(service, "control_room_listing_anomalies_total", kind="stale_version") >= 1
+    fake.hidden = set()
+    fake.update("1", updateTime="2026-01-01T10:00:01Z", state="IN_PROGRESS")
+    await poll(service)
+    delta = await receive_json(ws)
+    assert (delta["before"]["state"], delta["after"]["state"]) == ("PLANNING", "IN_PROGRESS")
+
+
 # --- Paging ------------------------------------------------------------------------------------
 
 

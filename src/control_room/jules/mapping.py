@@ -234,7 +234,7 @@ def map_listing(listing: Iterable[RawSession], previous: MappedListing) -> Mappe
             duplicates.append(sid)
             continue
         before = prev_sessions.get(sid)
-        if before is not None and _older(session.updateTime, before.updatedAt):
+        if before is not None and is_older(session.updateTime, before.updatedAt):
             stale.append(sid)
             ids[i] = sid  # the same stale bytes next time keep the shown version again
             sessions[sid] = before
@@ -268,7 +268,7 @@ def _named_ids(raw: RawSession) -> tuple[str, ...]:
     return tuple(dict.fromkeys(found))
 
 
-def _older(update_time: str | None, shown: str) -> bool:
+def is_older(update_time: str | None, shown: str) -> bool:
     """True when `update_time` is strictly before `shown` (both RFC 3339; unparsable: no)."""
     if not update_time or not shown:
         return False
