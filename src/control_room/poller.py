@@ -391,6 +391,7 @@ class Poller:
         self._metrics.poll_duration.observe(time.perf_counter() - started)
         if error is None:
             current = map_listing(raws, previous)
+            current.page_ends = ends
             self._report_listing(current)
             self._listing_whole()
             return current, True
@@ -683,11 +684,12 @@ class Poller:
         """List every session again and map the listing against `previous`; UpstreamError
         when any page fails (a partial listing cannot settle deletions)."""
         started = time.perf_counter()
-        raws, _, error = await self._read_pages()
+        raws, ends, error = await self._read_pages()
         self._metrics.poll_duration.observe(time.perf_counter() - started)
         if error is not None:
             raise error
         current = map_listing(raws, previous)
+        current.page_ends = ends
         self._report_listing(current)
         return current
 
@@ -708,7 +710,8 @@ class Poller:
         tries = 1
         outcome = "listed again cleanly"
         while True:
-            checks = await self._check(sample(vanished, previous.order()), deadline)
+            picked = sample(vanished, previous.order(), seams=current.seams())
+            checks = await self._check(picked, deadline)
             verdict = judge(vanished, checks)
             if not verdict.torn:
                 break

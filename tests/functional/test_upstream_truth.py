@@ -124,6 +124,31 @@ async def test_a_listing_that_stays_torn_applies_only_confirmed_deletions(
     assert torn.__dict__["missed"] == ["1"] and "still torn" in torn.__dict__["outcome"]
 
 
+async def test_a_tear_at_a_page_boundary_during_a_mass_deletion_is_detected(
+    http: aiohttp.ClientSession, fake: FakeUpstream, make_fake_service: ServiceFactory
+) -> None:
+    """450 sessions really deleted on both sides of 5 that a moved page boundary skips: an
+    even sample of the 455 vanished ones misses the 5 (1/90 of them, inside the spread),
+    the sample at the page boundary does not."""
+    fake.add(1000)
+    service = await make_fake_service()
+    ws = await connect(http, service)
+    order = [s["id"] for s in fake.sessions]
+    gone = order[10:60] + order[400:800]
+    fake.delete(*gone)
+    newest = order[:5]
+    # Right after page 2 is served, the newest 5 go: page 3 (an offset) skips 5 sessions.
+    fake.after_page[1] = lambda: fake.delete(*newest)
+    await poll(service)
+    deltas = await receive_n(ws, 455)
+    assert {d["type"] for d in deltas} == {"deleted"}
+    assert sorted(d["sessionId"] for d in deltas) == sorted(gone + newest)
+    await poll(service)  # nothing comes back as `created`
+    await nothing_more(ws)
+    assert sample(service, "control_room_listings_torn_total") == 1
+    assert len(await listed_ids(http, service)) == 545
+
+
 async def test_a_mass_deletion_confirmed_by_its_sample_is_published(
     http: aiohttp.ClientSession, fake: FakeUpstream, make_fake_service: ServiceFactory
 ) -> None:
