@@ -148,7 +148,7 @@ class UpstreamHealth:
             )
         message = f"waiting for {waiting_for}: {detail}"
         if retry is not None:
-            message += f"; retrying in {retry:.0f} s"
+            message += f"; retrying in {retry:.0f} s" if retry >= 1 else "; retrying in under 1 s"
         return NotReady(failure, message, detail, retry, self.consecutive_failures)
 
 

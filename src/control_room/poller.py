@@ -266,7 +266,7 @@ class Poller:
         deadline = loop.time() + self._check_budget
         if complete:
             vanished = previous.sessions.keys() - current.sessions.keys()
-            unconfirmed: set[str] = set()
+            unconfirmed: dict[str, str] = {}
             if vanished:
                 current, unconfirmed = await self._settle(previous, current, vanished, deadline)
             else:
@@ -699,11 +699,11 @@ class Poller:
         current: MappedListing,
         vanished: set[str],
         deadline: float,
-    ) -> tuple[MappedListing, set[str]]:
+    ) -> tuple[MappedListing, dict[str, str]]:
         """Decide the vanished sessions (deletions.py); list again while the listing is torn.
 
         Returns the listing to publish, with every session that is not proven gone put
-        back, and the ids of those kept without an answer (unconfirmed).
+        back, and those kept without an answer (unconfirmed), each with why.
         """
         loop = asyncio.get_running_loop()
         missed: set[str] = set()  # sessions the listings of this poll missed
@@ -735,7 +735,9 @@ class Poller:
                 break
         self._report_torn(sorted(missed), tries, outcome)
         self._apply(verdict, previous, current)
-        return current, verdict.unconfirmed
+        unchecked = "not checked: the checks of the others did not all say gone"
+        kept = {sid: checks[sid].why if sid in checks else unchecked for sid in verdict.unconfirmed}
+        return current, kept
 
     def _report_torn(self, missed: list[str], tries: int, outcome: str) -> None:
         """One warning when a tear starts (not on every poll of a lasting one)."""
@@ -842,14 +844,20 @@ class Poller:
                 extra={"sessionIds": _shown(new), "count": len(new)},
             )
 
-    def _report_unconfirmed(self, unconfirmed: set[str]) -> None:
+    def _report_unconfirmed(self, unconfirmed: dict[str, str]) -> None:
+        """Gauge and /healthz; one warning when sessions start being kept unconfirmed, with
+        why (the check's error, or that it was not checked)."""
         self._metrics.sessions_unconfirmed.set(len(unconfirmed))
         self.health.unconfirmed = len(unconfirmed)
         new, cleared = self._streaks.update("unconfirmed", unconfirmed)
         if new:
             log.warning(
                 "Sessions missing from the listing kept: their deletion is not confirmed",
-                extra={"sessionIds": _shown(new), "count": len(unconfirmed)},
+                extra={
+                    "sessionIds": _shown(new),
+                    "count": len(unconfirmed),
+                    "error": unconfirmed[new[0]],
+                },
             )
         if cleared and not unconfirmed:
             log.info("Every session missing from the listing is settled")

@@ -197,16 +197,22 @@ async def test_a_wrong_get_answer_is_never_a_confirmation_nor_data(
 
 
 async def test_a_404_that_is_not_the_apis_own_is_no_confirmation(
-    http: aiohttp.ClientSession, fake: FakeUpstream, make_fake_service: ServiceFactory
+    http: aiohttp.ClientSession,
+    fake: FakeUpstream,
+    make_fake_service: ServiceFactory,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     fake.add(2)
     service = await make_fake_service()
     ws = await connect(http, service)
     fake.hidden = {"1"}
     fake.get_replies["1"].append(Reply(404, body=b"<html>404 Not Found</html>"))
-    await poll(service)
+    with caplog.at_level(logging.WARNING, logger="control_room"):
+        await poll(service)
     await nothing_more(ws)
     assert "1" in await listed_ids(http, service)
+    (kept,) = [r for r in caplog.records if r.getMessage().startswith("Sessions missing")]
+    assert "HTTP 404" in kept.__dict__["error"]  # why the deletion is not confirmed
 
 
 # --- 6: odd records ---------------------------------------------------------------------------

@@ -62,3 +62,5 @@ def test_not_ready_says_what_it_waits_for_and_when_it_tries_again() -> None:
         3,
     )
     assert health.reasons(now=100.0) == ["waiting_for_first_poll", "upstream_network"]
+    # Under a second left is not "retrying in 0 s".
+    assert health.not_ready(now=107.6).message.endswith("; retrying in under 1 s")
