@@ -26,9 +26,10 @@ from typing import Final
 from control_room.jules.types import Session
 
 CHECK_SAMPLE: Final = 16
-"""Vanished sessions checked per listing. Tears are contiguous runs (a page boundary that
-moved), so 16 evenly spread checks catch any tear wider than 1/16 of the vanished sessions;
-at 4 in flight and ~0.2 s per GET they take under a second."""
+"""Vanished sessions checked per listing, evenly spread: any contiguous run of sessions
+that still exist wider than 1/16 of the vanished ones is hit (the runs at page boundaries,
+where offset paging tears, are sampled apart: SEAM_SAMPLE); at 4 in flight and ~0.2 s per
+GET they take under a second."""
 SEAM_SAMPLE: Final = 16
 """Vanished sessions checked at page boundaries, on top of CHECK_SAMPLE: the first and the
 last of the run that vanished right after a page's last session, for up to eight

@@ -2,9 +2,11 @@
 
 Owns the snapshot. Publishes only what the upstream proves: a session missing from a
 listing is deleted only when checks say so (deletions.py), a session that does not decode
-keeps its last good version, and a failed poll publishes nothing. Every fault is ridden
-out: capped, jittered backoff for every kind of failure, a rotated API key used at once
-(`wake`), and no check may hold a poll back for more than a share of its interval.
+keeps its last good version, a failed poll publishes nothing, and a listing cut short by
+a later page publishes what its pages show but deletes nothing. Every fault is ridden out:
+capped, jittered backoff for every kind of failure, a rotated API key used at once
+(`wake`), and no page, check or activity read may hold a poll back for more than a share
+of its interval.
 
 Requests are a budget (docs/topics/polling.md): a poll reads the first page of the
 listing, and every page only once per FULL_LISTING_INTERVAL (schedule.py); working
