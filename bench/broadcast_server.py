@@ -28,6 +28,7 @@ import re
 import signal
 import sys
 import time
+from collections.abc import AsyncGenerator
 from typing import Any, Final
 
 import msgspec
@@ -62,11 +63,11 @@ class StubUpstream:
     def __init__(self, sessions: list[bytes] | None = None) -> None:
         self._sessions = sessions or []
 
-    async def list_sessions(self) -> list[Any]:
-        """Every session as raw JSON."""
-        return list(self._sessions)
+    async def list_pages(self, page_budget: float | None = None) -> AsyncGenerator[list[Any], None]:
+        """Every session as raw JSON, on one page."""
+        yield list(self._sessions)
 
-    async def list_first_page(self) -> FirstPage:
+    async def list_first_page(self, page_budget: float | None = None) -> FirstPage:
         """The first page of no sessions: a complete listing."""
         return FirstPage([], more=False)
 

@@ -8,7 +8,8 @@ what the next requests get: `list_replies` (one per page request, in order) and
 `activities[id]` is the one page a session's activities list answers (entries as JSON, or
 raw bytes for entries that are not valid activities); without one, the API's 404;
 `after_page[n]` runs once right after page `n` (0-based) has been served, to change the
-sessions between two pages of one listing.
+sessions between two pages of one listing; `page_replies[n]` answers page `n` of every
+listing while it is set (a page that keeps failing or hanging).
 """
 
 from __future__ import annotations
@@ -86,6 +87,7 @@ class FakeUpstream:
         self.list_replies: deque[Reply | None] = deque()
         self.get_replies: dict[str, deque[Reply | None]] = defaultdict(deque)
         self.after_page: dict[int, Callable[[], None]] = {}
+        self.page_replies: dict[int, Reply] = {}
         self.page_size: int | None = None  # serve pages of this size, whatever was asked
         self.hidden: set[str] = set()  # listed as if absent; a GET still finds them
         self.keys_seen: list[str] = []
@@ -150,7 +152,8 @@ class FakeUpstream:
         self.keys_seen.append(request.headers.get("X-Goog-Api-Key", ""))
         if request.headers.get("X-Goog-Api-Key") != self.key:
             return unauthorized().response()
-        scripted = await self._scripted(self.list_replies.popleft() if self.list_replies else None)
+        reply = self.list_replies.popleft() if self.list_replies else None
+        scripted = await self._scripted(self.page_replies.get(index, reply))
         if scripted is None:
             size = self.page_size or min(int(request.query.get("pageSize") or 30), MAX_PAGE_SIZE)
             offset = int(token.removeprefix("o") or 0)

@@ -500,6 +500,7 @@ class Api:
                 "sessionsTracked": h.sessions,
                 "undecodableSessions": h.undecodable,
                 "unconfirmedSessions": h.unconfirmed,
+                "incompleteListing": h.listing_cut,
                 "storeError": h.store_error,
                 "requestsLastMinute": requests.last_minute() if requests is not None else None,
                 "requestsTotal": requests.totals if requests is not None else None,

@@ -1,9 +1,11 @@
 """Pure rules for sessions that vanished from a listing: which to check, which are deleted.
 
 A listing is never trusted blindly: paging while the list shifts, an empty `{}` answer or
-a page cut short all make sessions vanish that still exist. So a bounded, evenly spread
-sample of the vanished sessions is checked one by one (`GET /sessions/{id}`), whatever
-their number, and the answers decide:
+a page cut short all make sessions vanish that still exist. So a bounded sample of the
+vanished sessions is checked one by one (`GET /sessions/{id}`), whatever their number:
+evenly spread over them, plus the ones right after each page boundary (where an
+offset-paged listing skips sessions when the list shifts between two page requests). The
+answers decide:
 
 - every sampled session is really gone (404, or archived): the listing is vouched for,
   and every vanished session is deleted, the unsampled ones included (a mass clean-up);
@@ -24,9 +26,16 @@ from typing import Final
 from control_room.jules.types import Session
 
 CHECK_SAMPLE: Final = 16
-"""Vanished sessions checked per listing. Tears are contiguous runs (a page boundary that
-moved), so 16 evenly spread checks catch any tear wider than 1/16 of the vanished sessions;
-at 4 in flight and ~0.2 s per GET they take under a second."""
+"""Vanished sessions checked per listing, evenly spread: any contiguous run of sessions
+that still exist wider than 1/16 of the vanished ones is hit (the runs at page boundaries,
+where offset paging tears, are sampled apart: SEAM_SAMPLE); at 4 in flight and ~0.2 s per
+GET they take under a second."""
+SEAM_SAMPLE: Final = 16
+"""Vanished sessions checked at page boundaries, on top of CHECK_SAMPLE: the first and the
+last of the run that vanished right after a page's last session, for up to eight
+boundaries (nearest the top first). A tear with offset paging is exactly such a run, and
+can be far narrower than 1/16 of a mass deletion in the same poll; a boundary followed by
+vanished sessions is otherwise rare, so this costs nothing in a normal poll."""
 
 
 class Outcome(enum.Enum):
@@ -63,11 +72,20 @@ class Verdict:
         return bool(self.present)
 
 
-def sample(vanished: Iterable[str], order: Sequence[str], limit: int = CHECK_SAMPLE) -> list[str]:
-    """At most `limit` vanished ids, evenly spread over their places in the previous listing.
+def sample(
+    vanished: Iterable[str],
+    order: Sequence[str],
+    limit: int = CHECK_SAMPLE,
+    seams: Iterable[str] = (),
+    seam_limit: int = SEAM_SAMPLE,
+) -> list[str]:
+    """The vanished ids to check: at most `limit` evenly spread over their places in the
+    previous listing, and at most `seam_limit` more at page boundaries.
 
     `order` is the previous listing's ids in listing order; ids missing from it go last.
-    All of them when there are no more than `limit`.
+    All of them when there are no more than `limit`. `seams` are the ids of the last
+    session of each page of the current listing (MappedListing.seams): for each, the first
+    and the last of the vanished sessions that follow it without a gap in `order`.
     """
     gone = set(vanished)
     ordered = [sid for sid in order if sid in gone]
@@ -76,7 +94,21 @@ def sample(vanished: Iterable[str], order: Sequence[str], limit: int = CHECK_SAM
     if n <= limit:
         return ordered
     # The first and the last, and `limit - 2` evenly between: both ends of any run.
-    return [ordered[round(i * (n - 1) / (limit - 1))] for i in range(limit)]
+    picked = [ordered[round(i * (n - 1) / (limit - 1))] for i in range(limit)]
+    place = {sid: i for i, sid in enumerate(order)}
+    at_seams: list[str] = []
+    for seam in seams:
+        start = place.get(seam)
+        if start is None:
+            continue
+        end = start + 1
+        while end < len(order) and order[end] in gone:
+            end += 1
+        if end > start + 1:
+            at_seams += [order[start + 1], order[end - 1]]
+    chosen = dict.fromkeys(picked)
+    extra = [sid for sid in dict.fromkeys(at_seams) if sid not in chosen]
+    return [*chosen, *extra[:seam_limit]]
 
 
 def judge(vanished: Iterable[str], checks: Mapping[str, Check]) -> Verdict:

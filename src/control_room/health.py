@@ -24,6 +24,9 @@ UPSTREAM_SERVER_ERROR: Final = "upstream_server_error"
 UPSTREAM_BAD_RESPONSE: Final = "upstream_bad_response"
 UPSTREAM_CLIENT_ERROR: Final = "upstream_client_error"
 UPSTREAM_LISTING_INCONSISTENT: Final = "upstream_listing_inconsistent"
+UPSTREAM_LISTING_INCOMPLETE: Final = "upstream_listing_incomplete"
+"""The last complete listing was cut short by a failed or hanging page: changes on the
+pages read are published, deletions (and changes beyond) wait for a complete one."""
 UPSTREAM_SESSION_UNDECODABLE: Final = "upstream_session_undecodable"
 POLL_OVERRUN: Final = "poll_overrun"
 STORE_UNAVAILABLE: Final = "store_unavailable"
@@ -46,6 +49,7 @@ REASONS: Final = (
     WAITING_FOR_FIRST_POLL,
     *UPSTREAM_FAILURE_REASONS.values(),
     UPSTREAM_LISTING_INCONSISTENT,
+    UPSTREAM_LISTING_INCOMPLETE,
     UPSTREAM_SESSION_UNDECODABLE,
     POLL_OVERRUN,
     STORE_UNAVAILABLE,
@@ -75,6 +79,7 @@ class UpstreamHealth:
     broker_error: str | None = None  # cluster: why Redis fails (logs and authenticated only)
     undecodable: int = 0  # sessions whose latest version could not be decoded
     unconfirmed: int = 0  # vanished sessions kept because their deletion was not confirmed
+    listing_cut: str | None = None  # why the last complete listing is partial (detail)
     started: float = field(default_factory=time.time)
 
     @property
@@ -106,6 +111,8 @@ class UpstreamHealth:
             found.append(failure)
         if self.unconfirmed:
             found.append(UPSTREAM_LISTING_INCONSISTENT)
+        if self.listing_cut is not None:
+            found.append(UPSTREAM_LISTING_INCOMPLETE)
         if self.undecodable:
             found.append(UPSTREAM_SESSION_UNDECODABLE)
         if self.overrunning(now):
@@ -141,7 +148,7 @@ class UpstreamHealth:
             )
         message = f"waiting for {waiting_for}: {detail}"
         if retry is not None:
-            message += f"; retrying in {retry:.0f} s"
+            message += f"; retrying in {retry:.0f} s" if retry >= 1 else "; retrying in under 1 s"
         return NotReady(failure, message, detail, retry, self.consecutive_failures)
 
 

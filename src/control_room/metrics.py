@@ -54,8 +54,13 @@ LISTING_ANOMALIES: Final = (
     "no_id",
     "duplicate_id",
     "stale_version",
+    "token_loop",
+    "empty_pages",
+    "too_many_pages",
 )
-"""What a listing entry can get wrong (see jules/mapping.py); none of them becomes a delta."""
+"""What a listing entry can get wrong (see jules/mapping.py), or its paging (a listing
+that loops, pages on through empty pages, or past MAX_PAGES: jules/client.py); none of
+them becomes a delta."""
 DELETION_CHECK_OUTCOMES: Final = ("gone", "present", "unknown")
 """What a `GET /sessions/{id}` of a vanished session said (see deletions.py)."""
 ACTIVITY_READ_OUTCOMES: Final = ("ok", "not_found_yet", "gone", "failed")
@@ -155,6 +160,12 @@ class Metrics:
         self.sessions_unconfirmed = Gauge(
             p + "sessions_unconfirmed",
             "Sessions missing from the last listing, kept because their deletion is unconfirmed",
+            registry=r,
+        )
+        self.listings_incomplete = Counter(
+            p + "listings_incomplete",
+            "Complete listings cut short by a page that failed or hung, by failure kind",
+            ["kind"],
             registry=r,
         )
         self.listing_anomalies = Counter(
@@ -281,6 +292,7 @@ class Metrics:
             self.deltas_published.labels(kind)
         for kind in POLL_FAILURE_KINDS:
             self.poll_failures.labels(kind)
+            self.listings_incomplete.labels(kind)
         for outcome in RESUME_OUTCOMES:
             self.replays.labels(outcome)
         for kind in LISTING_ANOMALIES:

@@ -2,9 +2,11 @@
 
 Owns the snapshot. Publishes only what the upstream proves: a session missing from a
 listing is deleted only when checks say so (deletions.py), a session that does not decode
-keeps its last good version, and a failed poll publishes nothing. Every fault is ridden
-out: capped, jittered backoff for every kind of failure, a rotated API key used at once
-(`wake`), and no check may hold a poll back for more than a share of its interval.
+keeps its last good version, a failed poll publishes nothing, and a listing cut short by
+a later page publishes what its pages show but deletes nothing. Every fault is ridden out:
+capped, jittered backoff for every kind of failure, a rotated API key used at once
+(`wake`), and no page, check or activity read may hold a poll back for more than a share
+of its interval.
 
 Requests are a budget (docs/topics/polling.md): a poll reads the first page of the
 listing, and every page only once per FULL_LISTING_INTERVAL (schedule.py); working
@@ -19,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Sequence
 from typing import Final, Protocol, TypeVar
 
 import msgspec
@@ -34,8 +36,8 @@ from control_room.deletions import GONE, Check, Outcome, Verdict, judge, sample
 from control_room.diff import diff
 from control_room.health import UpstreamHealth
 from control_room.jules.activities import ActivityListing
-from control_room.jules.client import FirstPage, UpstreamError
-from control_room.jules.mapping import MappedListing, map_listing, map_session
+from control_room.jules.client import FirstPage, PagingError, UpstreamError
+from control_room.jules.mapping import MappedListing, is_older, map_listing, map_session
 from control_room.jules.requests import RequestCounter
 from control_room.jules.types import RawSession, Session
 from control_room.metrics import Metrics
@@ -49,6 +51,10 @@ __all__ = ["Poller", "Upstream", "UpstreamHealth", "iso_now"]
 MAX_POLL_BACKOFF_S: Final = 60.0
 """A minute: recovers quickly, costs little quota while down. A rejected key gets the same:
 a key rotated in its file is picked up at once anyway (`wake`)."""
+MAX_LISTING_RETRY_S: Final = 60.0
+"""A complete listing cut short by a failed page is tried again after a backoff from one
+poll interval up to a minute, as a failing upstream is polled; the polls in between read
+the first page only, so a page that keeps failing costs little and holds nothing back."""
 CHECKS_IN_FLIGHT: Final = 4
 """Deletion checks run at once: a sample of 16 takes four round trips, and the upstream's
 quota is not hammered (its own SDK allows 50 requests in flight)."""
@@ -57,14 +63,29 @@ HOT_READS_IN_FLIGHT: Final = 4
 ACTIVITY_READS_IN_FLIGHT: Final = 4
 """Sessions whose activities are read at once: 20 working sessions that all moved are read
 in five round trips (well under a second), and a burst never opens more than four requests."""
+PAGE_BUDGET_SHARE: Final = 0.5
+"""One page of a listing (its retries included) may take half a poll interval: a healthy
+upstream answers a page in well under a second, so only a hanging one is cut. A later
+page cut (or failed) leaves a partial listing whose changes are still published, so a
+hanging page delays the sessions it does not hold only."""
+MIN_PAGE_BUDGET_S: Final = 1.0
+"""...but at least a second: with a very short interval a page must still be able to
+answer."""
 CHECK_BUDGET_SHARE: Final = 0.5
-"""The reads that follow a listing (deletion checks, listing a torn listing again, working
-sessions read one by one, activities) share half a poll interval: the poll still ends
-within its period, so a change elsewhere is never late by more than one. What does not
-finish in time is read again next poll."""
+"""The checks that follow a listing (deletion checks, listing a torn listing again, working
+sessions read one by one) share half a poll interval: the poll still ends within about its
+period, so a change elsewhere is never late by more than about one. What does not finish
+in time is read again next poll."""
 MIN_CHECK_BUDGET_S: Final = 1.0
 """...but at least a second, or with a very short interval no check could ever answer and
 no deletion would ever be confirmed."""
+ACTIVITY_BUDGET_SHARE: Final = 0.25
+"""Activity reads have a budget of their own, a quarter interval, starting when they start:
+however many vanished sessions are being confirmed (or hang), the activities of the
+sessions that moved are still read in the same poll. Five round trips of 4 reads at
+~0.2 s fit in a 5 s poll's quarter; the rest are read next poll."""
+MIN_ACTIVITY_BUDGET_S: Final = 1.0
+"""...but at least a second, as for checks."""
 MAX_RELISTS: Final = 2
 """A torn listing is listed again at most twice per poll: a tear is a race with a change
 upstream, and rarely repeats; if it does, only confirmed deletions are applied."""
@@ -80,11 +101,15 @@ iso_now = rfc3339.now
 class Upstream(Protocol):
     """What the poller (and the REST timeline routes) need from the Jules client."""
 
-    async def list_sessions(self) -> Sequence[RawSession]:
-        """Every session as raw JSON, or UpstreamError."""
+    def list_pages(
+        self, page_budget: float | None = None
+    ) -> AsyncGenerator[Sequence[RawSession], None]:
+        """Every session as raw JSON, page by page; UpstreamError when a page fails, or
+        gets no answer within `page_budget` seconds (the pages before it are yielded)."""
 
-    async def list_first_page(self) -> FirstPage:
-        """The newest sessions (the first page) and whether more pages follow; UpstreamError."""
+    async def list_first_page(self, page_budget: float | None = None) -> FirstPage:
+        """The newest sessions (the first page) and whether more pages follow; UpstreamError
+        (a `timeout` past `page_budget` seconds)."""
 
     async def get_session(self, session_id: str) -> Session | None:
         """That very session, None when it does not exist, or UpstreamError."""
@@ -152,6 +177,9 @@ class Poller:
             if check_budget is not None
             else max(MIN_CHECK_BUDGET_S, interval * CHECK_BUDGET_SHARE)
         )
+        self._page_budget = max(MIN_PAGE_BUDGET_S, interval * PAGE_BUDGET_SHARE)
+        self._activity_budget = max(MIN_ACTIVITY_BUDGET_S, interval * ACTIVITY_BUDGET_SHARE)
+        self._incomplete = 0  # complete listings in a row cut short by a failed page
         self._persist = persist
         self._notify = notify
         # A snapshot loaded from a store is diffed against (not re-announced) on the first poll.
@@ -234,13 +262,13 @@ class Poller:
         previous = self._listing or MappedListing.empty()
         complete = self._schedule.complete_due(started)
         if complete:
-            current = await self._list(previous)
+            current, complete = await self._list_all(previous, baseline)
         else:
             current, complete = await self._list_newest(previous)
         deadline = loop.time() + self._check_budget
         if complete:
             vanished = previous.sessions.keys() - current.sessions.keys()
-            unconfirmed: set[str] = set()
+            unconfirmed: dict[str, str] = {}
             if vanished:
                 current, unconfirmed = await self._settle(previous, current, vanished, deadline)
             else:
@@ -269,7 +297,8 @@ class Poller:
         # The first poll since start also reads the timelines of the working sessions.
         follow = () if self._following else [s.id for s in current.sessions.values() if is_hot(s)]
         reads = self._cursors.plan(changes, current.sessions, loop.time(), follow=follow)
-        results = await self._read_activities(reads, deadline)
+        # Their own budget: checks that used theirs up never starve them.
+        results = await self._read_activities(reads, loop.time() + self._activity_budget)
         activities, done = self._settle_reads(reads, results, current.sessions)
         if (changes or activities) and not await self._publish(
             changes, activities, current.sessions
@@ -332,17 +361,93 @@ class Poller:
         and never deletes.
         """
         started = time.perf_counter()
-        page = await self.upstream.list_first_page()
+        page = await self.upstream.list_first_page(self._page_budget)
         self._metrics.poll_duration.observe(time.perf_counter() - started)
         if not page.more:
             current = map_listing(page.sessions, previous)
             self._report_listing(current)
             return current, True
+        return self._merged(page.sessions, previous), False
+
+    def _merged(self, raws: Sequence[RawSession], previous: MappedListing) -> MappedListing:
+        """The sessions of a partial listing merged over the previous snapshot: they create
+        and update (an older version than shown excepted), and nothing is deleted."""
         ref = self._page_ref or previous
-        mapped = map_listing(page.sessions, MappedListing(ref.raws, ref.ids, previous.sessions))
+        mapped = map_listing(raws, MappedListing(ref.raws, ref.ids, previous.sessions))
         sessions = dict(previous.sessions)
         sessions.update(mapped.sessions)
-        return MappedListing(mapped.raws, mapped.ids, sessions, list(mapped.fresh or ())), False
+        return MappedListing(mapped.raws, mapped.ids, sessions, list(mapped.fresh or ()))
+
+    async def _list_all(
+        self, previous: MappedListing, baseline: bool
+    ) -> tuple[MappedListing, bool]:
+        """Read every page; (the listing to diff, whether it is complete).
+
+        A later page that fails or hangs (past the page budget) does not fail the poll: the
+        pages read are a partial listing, merged over the previous snapshot like a first
+        page (creations and changes, never a deletion), and the complete listing is tried
+        again on a later poll (backing off). Nothing read, or no baseline yet: UpstreamError.
+        """
+        started = time.perf_counter()
+        raws, ends, error = await self._read_pages()
+        self._metrics.poll_duration.observe(time.perf_counter() - started)
+        if error is None:
+            current = map_listing(raws, previous)
+            current.page_ends = ends
+            self._report_listing(current)
+            self._listing_whole()
+            return current, True
+        if not raws or baseline:
+            raise error
+        self._listing_cut(error, len(ends))
+        return self._merged(raws, previous), False
+
+    async def _read_pages(self) -> tuple[list[RawSession], list[int], UpstreamError | None]:
+        """The sessions of every page read, where each page ended, and the error that cut
+        the listing short (None: it is complete)."""
+        raws: list[RawSession] = []
+        ends: list[int] = []
+        try:
+            async with contextlib.aclosing(self.upstream.list_pages(self._page_budget)) as pages:
+                async for page in pages:
+                    raws.extend(page)
+                    ends.append(len(raws))
+        except UpstreamError as exc:
+            return raws, ends, exc
+        return raws, ends, None
+
+    def _listing_cut(self, error: UpstreamError, pages: int) -> None:
+        """A complete listing was cut short after `pages` pages: count it, say it once per
+        streak, show it in /healthz, and plan the next try with backoff."""
+        self._incomplete += 1
+        self._metrics.listings_incomplete.labels(error.kind).inc()
+        if isinstance(error, PagingError):
+            self._metrics.listing_anomalies.labels(error.anomaly).inc()
+        self.health.listing_cut = error.detail
+        cap = MAX_LISTING_RETRY_S
+        retry_in = backoff_delay(self._incomplete, min(self._interval, cap), cap)
+        if error.retry_after is not None:  # a 429's wish, as for a failed poll
+            retry_in = max(retry_in, min(error.retry_after, MAX_POLL_BACKOFF_S))
+        loop = asyncio.get_running_loop()
+        self._schedule.listing_failed(loop.time(), retry_in)
+        log.log(
+            logging.WARNING if self._incomplete == 1 else logging.DEBUG,
+            "Listing incomplete: a page failed; changes on the pages read are published,"
+            " deletions wait for a complete listing",
+            extra={
+                "pagesRead": pages,
+                "kind": error.kind,
+                "error": error.detail,
+                "completeListingIn": round(retry_in, 3),
+            },
+        )
+
+    def _listing_whole(self) -> None:
+        """A complete listing was read to its end."""
+        if self._incomplete:
+            log.info("Complete listing read again", extra={"afterIncomplete": self._incomplete})
+        self._incomplete = 0
+        self.health.listing_cut = None
 
     async def _read_hot(self, current: MappedListing, deadline: float) -> None:
         """Read each working session the first page did not show (at most MAX_HOT_GETS);
@@ -543,6 +648,8 @@ class Poller:
                 if before is None or not gone_is_deleted:
                     return
                 after = None
+            elif before is not None and is_older(found.updateTime, before.updatedAt):
+                after = before  # an older version than shown (a lagging replica): kept
             else:
                 after = map_session(found, before)
                 flag = stalled_since(
@@ -566,7 +673,7 @@ class Poller:
                 touched=[session_id] if after is not None else [],
                 include_due=False,
             )
-            results = await self._read_activities(reads, loop.time() + self._check_budget)
+            results = await self._read_activities(reads, loop.time() + self._activity_budget)
             activities, done = self._settle_reads(reads, results, sessions, "refresh")
             if (changes or activities) and not await self._publish(changes, activities, sessions):
                 self._cursors.again(read for read, _ in done)
@@ -576,11 +683,15 @@ class Poller:
             listing.sessions = sessions
 
     async def _list(self, previous: MappedListing) -> MappedListing:
-        """List every session and map the listing against `previous`; UpstreamError."""
+        """List every session again and map the listing against `previous`; UpstreamError
+        when any page fails (a partial listing cannot settle deletions)."""
         started = time.perf_counter()
-        raw = await self.upstream.list_sessions()
+        raws, ends, error = await self._read_pages()
         self._metrics.poll_duration.observe(time.perf_counter() - started)
-        current = map_listing(raw, previous)
+        if error is not None:
+            raise error
+        current = map_listing(raws, previous)
+        current.page_ends = ends
         self._report_listing(current)
         return current
 
@@ -590,18 +701,19 @@ class Poller:
         current: MappedListing,
         vanished: set[str],
         deadline: float,
-    ) -> tuple[MappedListing, set[str]]:
+    ) -> tuple[MappedListing, dict[str, str]]:
         """Decide the vanished sessions (deletions.py); list again while the listing is torn.
 
         Returns the listing to publish, with every session that is not proven gone put
-        back, and the ids of those kept without an answer (unconfirmed).
+        back, and those kept without an answer (unconfirmed), each with why.
         """
         loop = asyncio.get_running_loop()
         missed: set[str] = set()  # sessions the listings of this poll missed
         tries = 1
         outcome = "listed again cleanly"
         while True:
-            checks = await self._check(sample(vanished, previous.order()), deadline)
+            picked = sample(vanished, previous.order(), seams=current.seams())
+            checks = await self._check(picked, deadline)
             verdict = judge(vanished, checks)
             if not verdict.torn:
                 break
@@ -625,7 +737,9 @@ class Poller:
                 break
         self._report_torn(sorted(missed), tries, outcome)
         self._apply(verdict, previous, current)
-        return current, verdict.unconfirmed
+        unchecked = "not checked: the checks of the others did not all say gone"
+        kept = {sid: checks[sid].why if sid in checks else unchecked for sid in verdict.unconfirmed}
+        return current, kept
 
     def _report_torn(self, missed: list[str], tries: int, outcome: str) -> None:
         """One warning when a tear starts (not on every poll of a lasting one)."""
@@ -642,15 +756,29 @@ class Poller:
                 },
             )
 
-    @staticmethod
-    def _apply(verdict: Verdict, previous: MappedListing, current: MappedListing) -> None:
-        """Put back every vanished session that is not proven gone."""
+    def _apply(self, verdict: Verdict, previous: MappedListing, current: MappedListing) -> None:
+        """Put back every vanished session that is not proven gone: with the data its GET
+        returned, unless that is older than the version shown (a lagging replica), which is
+        kept as it was, as for a listing entry."""
+        stale: list[str] = []
         for sid, session in verdict.present.items():
-            current.sessions[sid] = map_session(session, previous.sessions.get(sid))
+            before = previous.sessions.get(sid)
+            if before is not None and is_older(session.updateTime, before.updatedAt):
+                current.sessions[sid] = before
+                stale.append(sid)
+                continue
+            current.sessions[sid] = map_session(session, before)
             if current.fresh is not None:
                 current.fresh.append(sid)
         for sid in verdict.unconfirmed:
             current.sessions[sid] = previous.sessions[sid]
+        self._metrics.listing_anomalies.labels("stale_version").inc(len(stale))
+        new, _ = self._streaks.update("stale_get", stale)
+        if new:
+            log.warning(
+                "A GET answered older versions than already shown; the shown ones are kept",
+                extra={"sessionIds": _shown(new), "count": len(stale)},
+            )
 
     async def _check(self, sids: list[str], deadline: float) -> dict[str, Check]:
         """GET each session, at most CHECKS_IN_FLIGHT at once, all before `deadline`."""
@@ -718,14 +846,20 @@ class Poller:
                 extra={"sessionIds": _shown(new), "count": len(new)},
             )
 
-    def _report_unconfirmed(self, unconfirmed: set[str]) -> None:
+    def _report_unconfirmed(self, unconfirmed: dict[str, str]) -> None:
+        """Gauge and /healthz; one warning when sessions start being kept unconfirmed, with
+        why (the check's error, or that it was not checked)."""
         self._metrics.sessions_unconfirmed.set(len(unconfirmed))
         self.health.unconfirmed = len(unconfirmed)
         new, cleared = self._streaks.update("unconfirmed", unconfirmed)
         if new:
             log.warning(
                 "Sessions missing from the listing kept: their deletion is not confirmed",
-                extra={"sessionIds": _shown(new), "count": len(unconfirmed)},
+                extra={
+                    "sessionIds": _shown(new),
+                    "count": len(unconfirmed),
+                    "error": unconfirmed[new[0]],
+                },
             )
         if cleared and not unconfirmed:
             log.info("Every session missing from the listing is settled")

@@ -71,11 +71,14 @@ class ListingSchedule:
         self._lookahead = min(poll_interval, full_interval * LOOKAHEAD_SHARE)
         self.last_complete: float | None = None
         self.last_duration = 0.0
+        self._retry_at: float | None = None  # a cut-short listing is tried again from then
 
     def complete_due(self, now: float) -> bool:
         """True when this poll must list every page (always before the first complete one)."""
         if self.last_complete is None:
             return True
+        if self._retry_at is not None:
+            return now >= self._retry_at
         next_one_ends = now - self.last_complete + self._lookahead + self.last_duration
         return next_one_ends > self.full_interval
 
@@ -83,6 +86,12 @@ class ListingSchedule:
         """Record a complete listing that ran from `started` to `ended` (published)."""
         self.last_complete = started
         self.last_duration = max(0.0, ended - started)
+        self._retry_at = None
+
+    def listing_failed(self, now: float, retry_in: float) -> None:
+        """A complete listing was cut short by a failed page: the polls of the next
+        `retry_in` seconds read the first page only, then one lists every page again."""
+        self._retry_at = now + retry_in
 
 
 def hot_beyond(

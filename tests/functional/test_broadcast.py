@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import aiohttp
@@ -164,12 +165,14 @@ class PageShift:
         self.client = client
         self.hide: set[str] = set()
 
-    async def list_sessions(self) -> list[RawSession]:
-        listing = await self.client.list_sessions()
-        return [raw for raw in listing if session_decoder.decode(raw).id not in self.hide]
+    async def list_pages(
+        self, page_budget: float | None = None
+    ) -> AsyncGenerator[list[RawSession], None]:
+        async for page in self.client.list_pages(page_budget):
+            yield [raw for raw in page if session_decoder.decode(raw).id not in self.hide]
 
-    async def list_first_page(self) -> FirstPage:
-        page = await self.client.list_first_page()
+    async def list_first_page(self, page_budget: float | None = None) -> FirstPage:
+        page = await self.client.list_first_page(page_budget)
         kept = [raw for raw in page.sessions if session_decoder.decode(raw).id not in self.hide]
         return FirstPage(kept, page.more)
 

@@ -8,6 +8,7 @@ from collections.abc import Callable
 import aiohttp
 import pytest
 
+from control_room import poller as poller_module
 from control_room.app import Service
 from control_room.jules.simulator import Simulator
 from tests.conftest import FAST_RETRY, MS, ServiceFactory, connect, nothing_more, receive_json
@@ -20,8 +21,9 @@ FAULTS: dict[str, Callable[[Simulator], None]] = {
     "garbage": lambda sim: sim.faults.garbage(n=ATTEMPTS),
     "wrong_shape": lambda sim: sim.faults.wrong_shape(n=ATTEMPTS),
     "timeout": lambda sim: sim.faults.delay(1000 * MS, n=ATTEMPTS),
-    "last_page": lambda sim: sim.faults.fail_page(2, n=ATTEMPTS),
 }
+"""Faults that fail a whole poll (the first page). A later page failing is a partial
+listing: see test_a_failed_later_page_publishes_the_pages_read_and_never_deletes."""
 
 
 @pytest.mark.parametrize("fault", sorted(FAULTS))
@@ -48,6 +50,49 @@ async def test_a_failed_listing_yields_no_delta_and_recovery_the_real_change(
     assert (delta["type"], delta["sessionId"]) == ("updated", changed)
     await nothing_more(ws)
     assert health.consecutive_failures == 0
+    async with http.get(service.url + "/healthz") as resp:
+        assert (await resp.json())["status"] == "ok"
+
+
+async def test_a_failed_later_page_publishes_the_pages_read_and_never_deletes(
+    http: aiohttp.ClientSession,
+    make_service: ServiceFactory,
+    sim: Simulator,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Page 3 of 3 fails: the changes on pages 1 and 2 are published by the same poll, a
+    session missing from them is not deleted, and /healthz says the listing is incomplete
+    until a complete one succeeds, which then publishes the deletion."""
+    monkeypatch.setattr(poller_module, "MAX_LISTING_RETRY_S", 0.0)  # next poll: every page
+    sim.bulk_create(250, state="COMPLETED")  # three pages
+    service = await make_service()
+    assert service.poller is not None
+    ws = await connect(http, service)
+    newest = [s["id"] for s in sim.sessions_newest_first()]
+    changed, gone = newest[0], newest[1]
+    sim.faults.fail_page(2, n=ATTEMPTS)
+    sim.update(changed, title="renamed")
+    sim.delete(gone)
+    created = sim.create(title="brand new")["id"]
+    await service.poller.poll_once()
+    deltas = [await receive_json(ws), await receive_json(ws)]
+    assert sorted((d["type"], d["sessionId"]) for d in deltas) == sorted(
+        [("created", created), ("updated", changed)]
+    )
+    await nothing_more(ws)  # no deletion from a partial listing
+    health = service.poller.health
+    assert health.consecutive_failures == 0 and gone in service.poller.sessions
+    async with http.get(service.url + "/healthz") as resp:
+        assert (await resp.json())["reasons"] == ["upstream_listing_incomplete"]
+    incomplete = service.metrics.registry.get_sample_value(
+        "control_room_listings_incomplete_total", {"kind": "server_error"}
+    )
+    assert incomplete == 1
+
+    await service.poller.poll_once()  # every page answers again
+    delta = await receive_json(ws)
+    assert (delta["type"], delta["sessionId"]) == ("deleted", gone)
+    await nothing_more(ws)
     async with http.get(service.url + "/healthz") as resp:
         assert (await resp.json())["status"] == "ok"
 

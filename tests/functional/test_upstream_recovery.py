@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import socket
 import ssl
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from aiohttp import web
 
 from control_room import poller as poller_module
 from control_room.jules.client import JulesClient, UpstreamError
+from tests import conftest
 from tests.conftest import (
     FAST_RETRY,
     MS,
@@ -93,6 +95,103 @@ async def test_hanging_checks_never_hold_back_an_unrelated_change(
     _, body, _ = await get(http, service.url + "/healthz")
     assert body["status"] == "degraded" and "upstream_listing_inconsistent" in body["reasons"]
     assert "1" in service.poller.sessions and "2" in service.poller.sessions  # not deleted
+
+
+def recent(seconds_ago: float) -> str:
+    """A time just before now (a working session that old is not stalled)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - seconds_ago))
+
+
+async def test_hanging_deletion_checks_never_starve_activity_reads(
+    http: aiohttp.ClientSession,
+    fake: FakeUpstream,
+    make_fake_service: ServiceFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Twenty vanished sessions whose checks hang use up the checks' budget on every poll;
+    the activities of a working session that moved are still read, in the same poll."""
+    monkeypatch.setattr(poller_module, "MIN_CHECK_BUDGET_S", 0.0)  # half an interval, below 1 s
+    interval = 400 * MS
+    fake.add(30)
+    fake.update("30", state="IN_PROGRESS", updateTime=recent(30))
+    fake.activities["30"] = []
+    service = await make_fake_service(poll_interval=interval)  # polling by itself
+    assert service.poller is not None
+    health = service.poller.health
+    ws = await connect(http, service, "?activities=1")
+    fake.hidden = {str(i) for i in range(1, 21)}
+    for sid in fake.hidden:
+        fake.get_replies[sid].extend([Reply(hang=30)] * 50)
+    await until(lambda: health.unconfirmed == 20)
+    now = recent(0)
+    fake.activities["30"] = [
+        {
+            "name": "sessions/30/activities/a1",
+            "id": "a1",
+            "createTime": now,
+            "originator": "agent",
+            "progressUpdated": {"title": "Still working"},
+        }
+    ]
+    fake.update("30", updateTime=now)
+    delta = await receive_json(ws, wait=20 * interval)
+    assert (delta["type"], delta["sessionId"]) == ("updated", "30")
+    activity = await receive_json(ws, wait=2 * interval)  # published with it, same poll
+    assert activity["activity"]["title"] == "Still working"
+    failed = service.metrics.registry.get_sample_value(
+        "control_room_activity_reads_total", {"outcome": "failed"}
+    )
+    assert failed == 0
+
+
+async def test_a_hanging_later_page_never_holds_back_changes_on_the_pages_read(
+    http: aiohttp.ClientSession,
+    fake: FakeUpstream,
+    make_fake_service: ServiceFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Page 2 hangs on every listing: the page budget (half an interval) cuts it, the
+    changes on page 1 are published within about an interval (by the cut listing, then by
+    first-page polls while the complete listing backs off), nothing is deleted, and
+    /healthz and a metric say the listing is incomplete. Once page 2 answers, the deletion
+    follows."""
+    interval = 400 * MS
+    monkeypatch.setattr(poller_module, "MIN_PAGE_BUDGET_S", 0.0)
+    monkeypatch.setattr(poller_module, "MAX_LISTING_RETRY_S", 2 * interval)
+    # Only the page budget can cut the hang, not the request's own timeout.
+    monkeypatch.setattr(conftest, "FAST_RETRY", dataclasses.replace(FAST_RETRY, timeout=60))
+    fake.add(150)  # two pages; page 1 holds 150..51
+    service = await make_fake_service(poll_interval=interval)  # polling by itself
+    assert service.poller is not None
+    health = service.poller.health
+    ws = await connect(http, service)
+    fake.page_replies[1] = Reply(hang=30)
+    await until(lambda: health.listing_cut is not None)
+    loop = asyncio.get_running_loop()
+    changed = loop.time()
+    fake.update("150", state="PLANNING")
+    fake.delete("149")
+    fake.add(1, start=151)
+    deltas = [await receive_json(ws, wait=20 * interval) for _ in range(2)]
+    late = loop.time() - changed
+    assert sorted((d["type"], d["sessionId"]) for d in deltas) == [
+        ("created", "151"),
+        ("updated", "150"),
+    ]
+    assert late < 2.5 * interval, late
+    assert health.last_poll_seconds is not None and health.last_poll_seconds < 2.5 * interval
+    _, body, _ = await get(http, service.url + "/healthz")
+    assert body["status"] == "degraded" and "upstream_listing_incomplete" in body["reasons"]
+    cut = service.metrics.registry.get_sample_value(
+        "control_room_listings_incomplete_total", {"kind": "timeout"}
+    )
+    assert cut is not None and cut >= 1
+    assert "149" in service.poller.sessions  # a partial listing never deletes
+
+    del fake.page_replies[1]
+    delta = await receive_json(ws, wait=40 * interval)
+    assert (delta["type"], delta["sessionId"]) == ("deleted", "149")
+    await until(lambda: health.listing_cut is None)
 
 
 async def test_a_poll_that_overruns_its_interval_shows_in_healthz_and_a_metric(

@@ -17,6 +17,7 @@ import pytest
 from control_room import render
 from control_room.app import Service
 from control_room.client import ControlRoomClient
+from control_room.jules.client import MAX_PAGES
 from tests.conftest import TOKEN, ServiceFactory, connect, nothing_more, receive_json, receive_n
 from tests.fake_upstream import FakeUpstream, Reply, session
 
@@ -123,6 +124,31 @@ async def test_a_listing_that_stays_torn_applies_only_confirmed_deletions(
     assert torn.__dict__["missed"] == ["1"] and "still torn" in torn.__dict__["outcome"]
 
 
+async def test_a_tear_at_a_page_boundary_during_a_mass_deletion_is_detected(
+    http: aiohttp.ClientSession, fake: FakeUpstream, make_fake_service: ServiceFactory
+) -> None:
+    """450 sessions really deleted on both sides of 5 that a moved page boundary skips: an
+    even sample of the 455 vanished ones misses the 5 (1/90 of them, inside the spread),
+    the sample at the page boundary does not."""
+    fake.add(1000)
+    service = await make_fake_service()
+    ws = await connect(http, service)
+    order = [s["id"] for s in fake.sessions]
+    gone = order[10:60] + order[400:800]
+    fake.delete(*gone)
+    newest = order[:5]
+    # Right after page 2 is served, the newest 5 go: page 3 (an offset) skips 5 sessions.
+    fake.after_page[1] = lambda: fake.delete(*newest)
+    await poll(service)
+    deltas = await receive_n(ws, 455)
+    assert {d["type"] for d in deltas} == {"deleted"}
+    assert sorted(d["sessionId"] for d in deltas) == sorted(gone + newest)
+    await poll(service)  # nothing comes back as `created`
+    await nothing_more(ws)
+    assert sample(service, "control_room_listings_torn_total") == 1
+    assert len(await listed_ids(http, service)) == 545
+
+
 async def test_a_mass_deletion_confirmed_by_its_sample_is_published(
     http: aiohttp.ClientSession, fake: FakeUpstream, make_fake_service: ServiceFactory
 ) -> None:
@@ -171,16 +197,22 @@ async def test_a_wrong_get_answer_is_never_a_confirmation_nor_data(
 
 
 async def test_a_404_that_is_not_the_apis_own_is_no_confirmation(
-    http: aiohttp.ClientSession, fake: FakeUpstream, make_fake_service: ServiceFactory
+    http: aiohttp.ClientSession,
+    fake: FakeUpstream,
+    make_fake_service: ServiceFactory,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     fake.add(2)
     service = await make_fake_service()
     ws = await connect(http, service)
     fake.hidden = {"1"}
     fake.get_replies["1"].append(Reply(404, body=b"<html>404 Not Found</html>"))
-    await poll(service)
+    with caplog.at_level(logging.WARNING, logger="control_room"):
+        await poll(service)
     await nothing_more(ws)
     assert "1" in await listed_ids(http, service)
+    (kept,) = [r for r in caplog.records if r.getMessage().startswith("Sessions missing")]
+    assert "HTTP 404" in kept.__dict__["error"]  # why the deletion is not confirmed
 
 
 # --- 6: odd records ---------------------------------------------------------------------------
@@ -253,6 +285,29 @@ async def test_an_older_version_than_the_one_shown_makes_no_delta(
     assert (delta["before"]["state"], delta["after"]["state"]) == ("PLANNING", "IN_PROGRESS")
 
 
+async def test_an_older_version_from_a_confirming_get_makes_no_delta(
+    http: aiohttp.ClientSession, fake: FakeUpstream, make_fake_service: ServiceFactory
+) -> None:
+    """A session drops out of the listing and the GET that checks it answers an older
+    version (a lagging replica): it is kept as shown, never moved backwards."""
+    fake.add(2)
+    fake.update("1", updateTime="2026-01-01T10:00:00Z", state="PLANNING")
+    service = await make_fake_service()
+    ws = await connect(http, service)
+    older = session("1", updateTime="2026-01-01T09:59:59Z", state="QUEUED")
+    fake.hidden = {"1"}
+    fake.get_replies["1"].extend([Reply(json=older)] * 3)  # the listing and its two retries
+    await poll(service)
+    await nothing_more(ws)
+    assert (await listed_ids(http, service))["1"]["state"] == "PLANNING"
+    assert sample(service, "control_room_listing_anomalies_total", kind="stale_version") >= 1
+    fake.hidden = set()
+    fake.update("1", updateTime="2026-01-01T10:00:01Z", state="IN_PROGRESS")
+    await poll(service)
+    delta = await receive_json(ws)
+    assert (delta["before"]["state"], delta["after"]["state"]) == ("PLANNING", "IN_PROGRESS")
+
+
 # --- Paging ------------------------------------------------------------------------------------
 
 
@@ -264,32 +319,51 @@ def page(ids: list[str], token: str | None) -> Reply:
 
 
 @pytest.mark.parametrize(
-    ("replies", "says"),
+    ("replies", "says", "anomaly"),
     [
-        ([page(["3"], "A"), page(["2"], "B"), page(["1"], "A")], "loops: page 3"),
-        ([page(["3"], "A"), page(["2"], "A")], "loops: page 2"),
-        ([page(["3"], "A")] + [Reply(json={"nextPageToken": f"e{i}"}) for i in range(10)], "empty"),
+        ([page(["3"], "A"), page(["2"], "B"), page(["1"], "A")], "loops: page 3", "token_loop"),
+        ([page(["3"], "A"), page(["2"], "A")], "loops: page 2", "token_loop"),
+        (
+            [page(["3"], "A")] + [Reply(json={"nextPageToken": f"e{i}"}) for i in range(10)],
+            "empty",
+            "empty_pages",
+        ),
+        (
+            # Fresh tokens that never repeat nor end: cut at MAX_PAGES, not read for minutes.
+            [page(["3"], f"t{i}") for i in range(MAX_PAGES + 50)],
+            f"ran past {MAX_PAGES} pages",
+            "too_many_pages",
+        ),
     ],
-    ids=["token loop", "token repeated", "empty pages forever"],
+    ids=["token loop", "token repeated", "empty pages forever", "fresh tokens forever"],
 )
-async def test_paging_that_never_ends_fails_the_poll_with_no_delta(
+async def test_paging_that_never_ends_cuts_the_listing_with_no_delta(
     http: aiohttp.ClientSession,
     fake: FakeUpstream,
     make_fake_service: ServiceFactory,
     caplog: pytest.LogCaptureFixture,
     replies: list[Reply],
     says: str,
+    anomaly: str,
 ) -> None:
+    """Broken paging cuts the complete listing short: no delta (none is false; deletions
+    wait for a complete listing), a warning naming the fault, a metric, /healthz says so."""
     fake.add(3)
     service = await make_fake_service()
     ws = await connect(http, service)
     fake.list_replies.extend(replies)
+    calls = len(fake.keys_seen)
     with caplog.at_level(logging.WARNING, logger="control_room"):
         await poll(service)
     await nothing_more(ws)
-    assert service.poller is not None and service.poller.health.consecutive_failures == 1
-    (line,) = [r for r in caplog.records if r.getMessage().startswith("Upstream poll failed")]
+    assert len(fake.keys_seen) - calls <= MAX_PAGES
+    (line,) = [r for r in caplog.records if r.getMessage().startswith("Listing incomplete")]
     assert says in line.__dict__["error"] and f"127.0.0.1:{fake.port}" in line.__dict__["error"]
+    assert sample(service, "control_room_listing_anomalies_total", kind=anomaly) == 1
+    assert sample(service, "control_room_listings_incomplete_total", kind="bad_response") == 1
+    health = await healthz(http, service)
+    assert health["reasons"] == ["upstream_listing_incomplete"]
+    assert len(await listed_ids(http, service)) == 3
 
 
 async def test_duplicates_across_pages_and_oversized_pages_make_no_false_delta(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from control_room.deletions import CHECK_SAMPLE, GONE, Check, Outcome, judge, sample
+from control_room.deletions import CHECK_SAMPLE, GONE, SEAM_SAMPLE, Check, Outcome, judge, sample
 from control_room.jules.types import Session
 
 ORDER = [str(i) for i in range(100)]
@@ -21,6 +21,25 @@ def test_many_are_sampled_evenly_including_both_ends_of_every_run() -> None:
     assert len(picked) == CHECK_SAMPLE == len(set(picked))
     assert picked[0] == "0" and picked[-1] == "124"
     assert {p for p in picked if int(p) >= 100}  # the tear is checked, whatever the count
+
+
+def test_the_run_after_each_page_boundary_is_sampled_too() -> None:
+    # 450 real deletions on both sides of 5 skipped right after the page that ended at
+    # "199": an even sample misses them, the boundary's first and last do not.
+    order = [str(i) for i in range(1000)]
+    skipped = [str(i) for i in range(200, 205)]
+    vanished = {str(i) for i in (*range(10, 60), *range(400, 800))} | set(skipped)
+    assert not set(sample(vanished, order)) & set(skipped)
+    picked = sample(vanished, order, seams=["99", "199", "299"])
+    assert len(picked) == CHECK_SAMPLE + 2 == len(set(picked))
+    assert picked[-2:] == ["200", "204"]
+
+
+def test_boundary_samples_are_capped() -> None:
+    order = [str(i) for i in range(1000)]
+    vanished = {o for i, o in enumerate(order) if i % 10 == 0}  # one after every seam
+    seams = [str(i - 1) for i in range(10, 1000, 10)]
+    assert len(sample(vanished, order, seams=seams)) == CHECK_SAMPLE + SEAM_SAMPLE
 
 
 def test_a_sample_that_is_all_gone_vouches_for_the_rest() -> None:

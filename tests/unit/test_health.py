@@ -18,11 +18,13 @@ def test_each_fault_has_its_own_stable_name() -> None:
     health = well()
     health.consecutive_failures, health.last_error_kind = 2, "unauthorized"
     health.unconfirmed, health.undecodable = 1, 3
+    health.listing_cut = "page 3 of the listing got no answer within 2.5 s from …"
     health.store_error = "StoreError: disk full"
     health.poll_started = 90.0  # running for 11 s with a 5 s interval
     assert health.reasons(now=101.0) == [
         "upstream_unauthorized",
         "upstream_listing_inconsistent",
+        "upstream_listing_incomplete",
         "upstream_session_undecodable",
         "poll_overrun",
         "store_unavailable",
@@ -60,3 +62,5 @@ def test_not_ready_says_what_it_waits_for_and_when_it_tries_again() -> None:
         3,
     )
     assert health.reasons(now=100.0) == ["waiting_for_first_poll", "upstream_network"]
+    # Under a second left is not "retrying in 0 s".
+    assert health.not_ready(now=107.6).message.endswith("; retrying in under 1 s")

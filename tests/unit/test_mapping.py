@@ -138,6 +138,14 @@ def test_pull_request_is_the_first_output_with_one() -> None:
     assert s.pullRequest == PullRequest(url="https://github.com/acme/api/pull/7", title="Fix")
 
 
+def test_the_seams_are_the_last_usable_session_of_every_page_but_the_last() -> None:
+    listing = MappedListing([b"{}"] * 5, ["5", "4", None, "2", "1"], {})
+    listing.page_ends = [2, 4, 5]
+    assert listing.seams() == ["4", "2"]
+    listing.page_ends = [1, 3, 5]
+    assert listing.seams() == ["5", "4"]
+
+
 def test_id_falls_back_to_the_name() -> None:
     assert map_session(raw(id="", name="sessions/99")).id == "99"
 

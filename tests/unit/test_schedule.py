@@ -33,6 +33,16 @@ def test_a_listing_that_takes_longer_is_started_earlier() -> None:
     assert next(t for t in range(5, 130, 5) if schedule.complete_due(t)) == 50
 
 
+def test_a_listing_cut_short_is_tried_again_after_its_backoff_first_pages_between() -> None:
+    schedule = ListingSchedule(full_interval=1, poll_interval=5)
+    schedule.listed_completely(0, 0.1)
+    schedule.listing_failed(5, retry_in=10)
+    assert not schedule.complete_due(10)  # a first page only: cheap, and holds nothing back
+    assert schedule.complete_due(15)
+    schedule.listed_completely(15, 15.1)
+    assert schedule.complete_due(20)  # due as usual again
+
+
 def test_a_full_interval_shorter_than_the_poll_lists_everything_every_poll() -> None:
     schedule = ListingSchedule(full_interval=1, poll_interval=5)
     schedule.listed_completely(0, 0.1)

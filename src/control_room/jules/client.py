@@ -13,9 +13,9 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
-from typing import Final, TypeVar
+from typing import Final, Literal, TypeVar
 from urllib.parse import quote
 
 import aiohttp
@@ -51,7 +51,13 @@ from control_room.models import Activity
 from control_room.secret import SecretSource
 
 PAGE_SIZE: Final = 100  # the API's maximum: fewest round trips per listing
-MAX_PAGES: Final = 2_000  # 200,000 sessions: far beyond any account; stops a token loop
+MAX_LISTED_SESSIONS: Final = 10_000
+"""Sessions one listing is expected to hold at most: four times the largest accounts
+reported (2,500, docs/topics/polling.md)."""
+MAX_PAGES: Final = 2 * MAX_LISTED_SESSIONS // PAGE_SIZE
+"""200 pages: a listing of MAX_LISTED_SESSIONS, with a margin of two for pages that come
+back shorter than asked. Past it the upstream pages on without end (fresh page tokens that
+never repeat): the listing is cut there, not read for minutes."""
 MAX_EMPTY_PAGES: Final = 10
 """Empty pages in a row that still carry a next token: an API may skip a filtered stretch
 with one or two, but ten in a row is an upstream paging on without end."""
@@ -105,6 +111,17 @@ class UpstreamError(Exception):
     def retryable(self) -> bool:
         """Whether trying again soon can help (not for a rejected key or a bad request)."""
         return self.kind in ("timeout", "network", "server_error", "rate_limited", "bad_response")
+
+
+PagingAnomaly = Literal["token_loop", "empty_pages", "too_many_pages"]
+
+
+class PagingError(UpstreamError):
+    """A listing whose paging is broken (`bad_response`); `anomaly` says how, for a metric."""
+
+    def __init__(self, anomaly: PagingAnomaly, detail: str) -> None:
+        super().__init__("bad_response", detail)
+        self.anomaly = anomaly
 
 
 @dataclass(frozen=True)
@@ -220,12 +237,24 @@ class JulesClient:
         self._oversized_pages = False  # warned once per streak, not once per poll
 
     async def list_sessions(self) -> list[RawSession]:
-        """Every session as raw JSON, following `nextPageToken` to the end; UpstreamError.
-
-        A page token seen before (the listing loops), more than MAX_PAGES pages, or more
-        than MAX_EMPTY_PAGES empty pages in a row is a `bad_response`.
-        """
+        """Every session as raw JSON, following `nextPageToken` to the end; UpstreamError
+        (see `list_pages`)."""
         sessions: list[RawSession] = []
+        async for page in self.list_pages():
+            sessions.extend(page)
+        return sessions
+
+    async def list_pages(
+        self, page_budget: float | None = None
+    ) -> AsyncGenerator[list[RawSession], None]:
+        """The listing page by page (raw JSON), following `nextPageToken` to the end.
+
+        Each page is yielded as soon as it is read, so a caller keeps the pages read when a
+        later one fails. UpstreamError when a page fails, or gets no answer (retries
+        included) within `page_budget` seconds (a `timeout`). A page token seen before (the
+        listing loops), more than MAX_PAGES pages, or more than MAX_EMPTY_PAGES empty pages
+        in a row is a PagingError, raised after the page that showed it.
+        """
         token = ""
         seen_tokens: dict[str, int] = {}
         empty_run = 0
@@ -235,41 +264,57 @@ class JulesClient:
             if token:
                 params["pageToken"] = token
             kind: RequestKind = LIST_NEXT_PAGE if token else LIST_FIRST_PAGE
-            page = await self._get("/sessions", params, _list_decoder, kind)
-            entries = page.sessions or ()
+            page = await self._page(params, kind, page_index, page_budget)
+            entries: list[RawSession] = list(page.sessions or ())
             oversized = oversized or len(entries) > PAGE_SIZE
-            sessions.extend(entries)
             empty_run = 0 if entries else empty_run + 1
             token = page.nextPageToken or ""
             if not token:
                 self._note_oversized(oversized)
-                return sessions
+            yield entries
+            if not token:
+                return
             if token in seen_tokens:
-                raise UpstreamError(
-                    "bad_response",
+                raise PagingError(
+                    "token_loop",
                     f"the listing from {self.where} loops: page {page_index + 1} gave the"
                     f" page token of page {seen_tokens[token] + 1} again",
                 )
             if empty_run >= MAX_EMPTY_PAGES:
-                raise UpstreamError(
-                    "bad_response",
+                raise PagingError(
+                    "empty_pages",
                     f"{self.where} answered {empty_run} empty pages in a row, each with a"
                     " next page token",
                 )
             seen_tokens[token] = page_index
-        raise UpstreamError(
-            "bad_response", f"the listing from {self.where} ran past {MAX_PAGES} pages"
+        raise PagingError(
+            "too_many_pages",
+            f"the listing from {self.where} ran past {MAX_PAGES} pages"
+            f" ({PAGE_SIZE} sessions a page), each with a new page token",
         )
 
-    async def list_first_page(self) -> FirstPage:
-        """The first page of the listing only (`pageSize=100`, newest first); UpstreamError.
+    async def list_first_page(self, page_budget: float | None = None) -> FirstPage:
+        """The first page of the listing only (`pageSize=100`, newest first); UpstreamError,
+        a `timeout` when it gets no answer (retries included) within `page_budget` seconds.
 
         The poller's cheap look at the newest sessions between complete listings.
         """
-        page = await self._get(
-            "/sessions", {"pageSize": str(PAGE_SIZE)}, _list_decoder, LIST_FIRST_PAGE
-        )
+        page = await self._page({"pageSize": str(PAGE_SIZE)}, LIST_FIRST_PAGE, 0, page_budget)
         return FirstPage(list(page.sessions or ()), bool(page.nextPageToken))
+
+    async def _page(
+        self, params: dict[str, str], kind: RequestKind, index: int, budget: float | None
+    ) -> ListSessionsResponse:
+        """One page of the listing, retries included, within `budget` seconds (if given)."""
+        try:
+            async with asyncio.timeout(budget):
+                return await self._get("/sessions", params, _list_decoder, kind)
+        except TimeoutError:
+            raise UpstreamError(
+                "timeout",
+                f"page {index + 1} of the listing got no answer within {budget:g} s"
+                f" from {self.where}",
+            ) from None
 
     async def list_activities(self, session_id: str, after: str | None) -> ActivityListing | None:
         """The session's activities, oldest first, every page; only those created after

@@ -134,7 +134,16 @@ class MappedListing:
     `stale` (a version older than the one already shown, which is kept).
     """
 
-    __slots__ = ("duplicates", "fresh", "ids", "raws", "rejected", "sessions", "stale")
+    __slots__ = (
+        "duplicates",
+        "fresh",
+        "ids",
+        "page_ends",
+        "raws",
+        "rejected",
+        "sessions",
+        "stale",
+    )
 
     def __init__(
         self,
@@ -152,6 +161,8 @@ class MappedListing:
         self.rejected: list[Rejected] = []
         self.duplicates: list[str] = []
         self.stale: list[str] = []
+        # Where each page of the listing ended (indices into `raws`), when it was paged.
+        self.page_ends: Sequence[int] = ()
 
     @classmethod
     def empty(cls) -> MappedListing:
@@ -168,6 +179,18 @@ class MappedListing:
         listed = [sid for sid in self.ids if sid is not None and sid in self.sessions]
         seen = set(listed)
         return listed + sorted(sid for sid in self.sessions if sid not in seen)
+
+    def seams(self) -> list[str]:
+        """The last usable session of every page but the last: where an offset-paged
+        listing that shifted between two page requests skips sessions (right after it)."""
+        found: list[str] = []
+        for end in self.page_ends:
+            if end >= len(self.ids):
+                continue
+            sid = next((s for s in reversed(self.ids[:end]) if s is not None), None)
+            if sid is not None:
+                found.append(sid)
+        return found
 
 
 def map_listing(listing: Iterable[RawSession], previous: MappedListing) -> MappedListing:
@@ -234,7 +257,7 @@ def map_listing(listing: Iterable[RawSession], previous: MappedListing) -> Mappe
             duplicates.append(sid)
             continue
         before = prev_sessions.get(sid)
-        if before is not None and _older(session.updateTime, before.updatedAt):
+        if before is not None and is_older(session.updateTime, before.updatedAt):
             stale.append(sid)
             ids[i] = sid  # the same stale bytes next time keep the shown version again
             sessions[sid] = before
@@ -268,7 +291,7 @@ def _named_ids(raw: RawSession) -> tuple[str, ...]:
     return tuple(dict.fromkeys(found))
 
 
-def _older(update_time: str | None, shown: str) -> bool:
+def is_older(update_time: str | None, shown: str) -> bool:
     """True when `update_time` is strictly before `shown` (both RFC 3339; unparsable: no)."""
     if not update_time or not shown:
         return False
