@@ -193,6 +193,10 @@ class Service:
         if upstream is None:
             jules_key = jules_key_source(s)
             self.secrets.append(jules_key)
+            # The key never reaches a log line, even if the upstream echoes it in an error
+            # the client failed to redact: registered now, and again each time it rotates.
+            logs.add_secrets([jules_key.current])
+            jules_key.add_listener(lambda key: logs.add_secrets([key]))
             self._http = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=UPSTREAM_CONNECTIONS)
             )
