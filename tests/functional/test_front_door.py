@@ -274,6 +274,15 @@ def test_requests_without_a_token_never_lock_out_the_right_token(serve: Serve) -
     assert "Sec-WebSocket-Protocol: bearer.<token>" in body_of(tokenless)["message"]
 
 
+def test_an_unsupported_websocket_version_is_426_naming_version_13(serve: Serve) -> None:
+    request = upgrade(b"Sec-WebSocket-Protocol: bearer." + TOKEN.encode())
+    answer = raw_request(serve.port, request.replace(b"Version: 13", b"Version: 8"))
+    # RFC 6455 section 4.4: 426 Upgrade Required, and the versions the server speaks.
+    assert status_of(answer) == 426
+    assert header_of(answer, "Sec-WebSocket-Version") == "13"
+    assert body_of(answer)["error"] == "upgrade_required"
+
+
 @pytest.mark.parametrize(
     ("origin", "status"),
     [

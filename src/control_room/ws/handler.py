@@ -44,7 +44,9 @@ from control_room.views import BadFilter, View
 from control_room.ws.connection import Connection
 from control_room.ws.frames import close_frame
 from control_room.ws.handshake import (
+    WEBSOCKET_VERSION,
     HandshakeError,
+    UnsupportedVersion,
     accept_key,
     check_upgrade,
     negotiate_deflate,
@@ -212,6 +214,12 @@ class WebSocketEndpoint:
         except BadParameter as exc:
             self._metrics.connections_rejected.labels("bad_request").inc()
             return json_error(400, "bad_request", parameter=exc.parameter, message=str(exc))
+        except UnsupportedVersion as exc:
+            # RFC 6455 §4.4: 426 Upgrade Required, naming the version this server speaks.
+            self._metrics.connections_rejected.labels("bad_request").inc()
+            response = json_error(426, "upgrade_required", message=str(exc))
+            response.headers[hdrs.SEC_WEBSOCKET_VERSION] = WEBSOCKET_VERSION
+            return response
         except HandshakeError as exc:
             self._metrics.connections_rejected.labels("bad_request").inc()
             return json_error(400, "bad_request", message=f"not a WebSocket handshake: {exc}")
