@@ -24,6 +24,7 @@ from control_room.broker.base import (
 )
 from control_room.commands import Caller, Commands, error_result
 from control_room.messages import (
+    TOKEN_REVOKED,
     BadMessage,
     ResetMessage,
     ResultMessage,
@@ -52,7 +53,7 @@ from control_room.ws.handshake import (
     negotiate_deflate,
 )
 from control_room.ws.handshake import response as handshake_response
-from control_room.ws.hub import TOKEN_REVOKED, Hub
+from control_room.ws.hub import Hub
 from control_room.ws.params import (
     AHEAD_OF_SERVER,
     BadParameter,
