@@ -9,7 +9,9 @@ what the next requests get: `list_replies` (one per page request, in order) and
 raw bytes for entries that are not valid activities); without one, the API's 404;
 `after_page[n]` runs once right after page `n` (0-based) has been served, to change the
 sessions between two pages of one listing; `page_replies[n]` answers page `n` of every
-listing while it is set (a page that keeps failing or hanging).
+listing while it is set (a page that keeps failing or hanging); `fail_with`, when set,
+answers every listing request with `fail_with(key it was sent)` (an upstream that echoes
+the key in its errors).
 """
 
 from __future__ import annotations
@@ -95,6 +97,7 @@ class FakeUpstream:
         self.get_calls: list[str] = []
         self.activities: dict[str, list[object]] = {}
         self.activity_queries: list[dict[str, str]] = []
+        self.fail_with: Callable[[str], Reply] | None = None
         self._page_index = 0
         app = web.Application()
         app.router.add_get(PREFIX + "/sessions", self._list)
@@ -150,6 +153,8 @@ class FakeUpstream:
         index = self._page_index
         self._page_index += 1
         self.keys_seen.append(request.headers.get("X-Goog-Api-Key", ""))
+        if self.fail_with is not None:
+            return self.fail_with(self.keys_seen[-1]).response()
         if request.headers.get("X-Goog-Api-Key") != self.key:
             return unauthorized().response()
         reply = self.list_replies.popleft() if self.list_replies else None

@@ -431,8 +431,9 @@ class Api:
     async def healthz(self, request: web.Request) -> web.StreamResponse:
         """Liveness, always 200: `ok`, or `degraded` with the reasons (stable names, no text).
 
-        Unauthenticated, so it carries no error text and no host name: those are in the
-        logs and in /api/stats.
+        Unauthenticated, so it carries no error text, no host name and no counts of
+        sessions or clients (how much the account holds, how many watch it): those are in
+        the logs and in /api/stats.
         """
         h = self._state.health
         now = time.time()
@@ -446,11 +447,7 @@ class Api:
                 "retryInSeconds": _rounded(h.retry_in(now)),
                 "nextPollAt": h.next_poll_at,
                 "lastPollSeconds": _rounded(h.last_poll_seconds),
-                "sessions": h.sessions,
-                "undecodableSessions": h.undecodable,
-                "unconfirmedSessions": h.unconfirmed,
             },
-            "clients": len(self._hub),
         }
         return json_bytes(encode(body))
 

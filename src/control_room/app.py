@@ -36,6 +36,7 @@ from control_room.server.http import FrontRunner
 from control_room.server.listener import (
     LISTEN_BACKLOG,
     bind,
+    cap_beyond_file_limit,
     default_max_connections,
     raise_file_limit,
 )
@@ -193,6 +194,10 @@ class Service:
         if upstream is None:
             jules_key = jules_key_source(s)
             self.secrets.append(jules_key)
+            # The key never reaches a log line, even if the upstream echoes it in an error
+            # the client failed to redact: registered now, and again each time it rotates.
+            logs.add_secrets([jules_key.current])
+            jules_key.add_listener(lambda key: logs.add_secrets([key]))
             self._http = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=UPSTREAM_CONNECTIONS)
             )
@@ -287,6 +292,16 @@ class Service:
         app.router.add_route("*", CATCH_ALL, unknown_route)
         file_limit = raise_file_limit()
         self.max_connections = s.max_connections or default_max_connections(file_limit)
+        if cap_beyond_file_limit(self.max_connections, file_limit):
+            log.warning(
+                "MAX_CONNECTIONS is more than the file limit allows; descriptors will run out"
+                " first (raise the hard limit, ulimit -Hn, or lower MAX_CONNECTIONS)",
+                extra={
+                    "maxConnections": self.max_connections,
+                    "fileLimit": file_limit,
+                    "allowed": default_max_connections(file_limit),
+                },
+            )
         shed = self.metrics.server_refused.labels("no_file_descriptors")
         listeners = bind(s.host, s.port, on_shed=shed.inc)
         self._runner = FrontRunner(

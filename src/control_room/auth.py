@@ -160,19 +160,26 @@ def _bearer_offer(offers: Sequence[str]) -> str | None:
 
 
 def bearer_credential(header: str | None) -> str | None:
-    """The token of an `Authorization: Bearer <token>` header, or None."""
+    """The token of an `Authorization: Bearer <token>` header, or None (none, or empty).
+
+    An empty one (`Bearer ` with nothing after it: the dashboard before its user has typed
+    a token) presents nothing, so it is answered as "no token", never counted as a guess.
+    """
     if not header:
         return None
     scheme, _, token = header.strip().partition(" ")
     if scheme.lower() != "bearer":
         return None
-    return token.strip()
+    return token.strip() or None
 
 
 def websocket_credential(offers: Sequence[str], authorization: str | None) -> str | None:
-    """The one token an upgrade presents: its first `bearer.` offer, else its bearer header."""
+    """The one token an upgrade presents: its first `bearer.` offer, else its bearer header.
+
+    None when it presents none; an empty `bearer.` offer presents none either.
+    """
     bearer = _bearer_offer(offers)
-    if bearer is not None:
+    if bearer is not None and len(bearer) > len(BEARER_PREFIX):
         return bearer[len(BEARER_PREFIX) :]
     return bearer_credential(authorization)
 

@@ -40,6 +40,7 @@ from control_room.auth import APP_PROTOCOL, BEARER_PREFIX, MSGPACK_PROTOCOL
 from control_room.backoff import backoff_delay, parse_retry_after
 from control_room.jules.actions import Source
 from control_room.messages import (
+    TOKEN_REVOKED,
     ActivityDetail,
     ActivityMessage,
     ActivityPage,
@@ -88,6 +89,13 @@ class ControlRoomError(Exception):
 
 class Unauthorized(ControlRoomError):
     """The service rejected the token (HTTP 401); retrying would not help."""
+
+
+class TokenRevoked(Unauthorized):
+    """The service closed the stream with 4001: the token was removed from those in force.
+
+    Reconnecting with it would only get a 401; the user needs a new token.
+    """
 
 
 class BadRequest(ControlRoomError):
@@ -948,6 +956,11 @@ class ControlRoomClient:
                 finally:
                     self._ws = None
                     self._abandon()
+                if ws.close_code == TOKEN_REVOKED:
+                    raise TokenRevoked(
+                        f"{self.url} closed the stream: the token was revoked (close code"
+                        f" {TOKEN_REVOKED})"
+                    )
                 reason = _close_reason(ws)
                 if loop.time() - connected_at >= STABLE_CONNECTION_S:
                     failures = 0

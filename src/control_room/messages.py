@@ -15,6 +15,10 @@ import msgspec
 
 from control_room.models import Activity, JulesSession, SessionDelta
 
+TOKEN_REVOKED: Final = 4001
+"""Close code for a client whose token a reload removed (4000-4999: application codes);
+the close reason is `token_revoked`."""
+
 MessageId = str | int | float | bool | None
 """A client-chosen command id: any JSON scalar, echoed back in the `result`."""
 

@@ -236,8 +236,12 @@ class Poller:
                 # A period, start to start: a slow listing does not stretch the cadence.
                 delay = max(0.0, delay - (loop.time() - started))
             self.health.next_poll_at = time.time() + delay
+            # asyncio.timeout, not wait_for: on Python 3.11 a wake that lands together with
+            # a cancel made wait_for return and swallow the cancel, so a SIGHUP (key reload)
+            # just before a stop left the poller waiting a whole interval.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
 
     async def poll_once(self) -> float:
         """One poll; returns how long to wait before the next one."""

@@ -42,11 +42,12 @@ from control_room.client import (
     NotReady,
     Reset,
     Snapshot,
+    TokenRevoked,
     Unauthorized,
     as_json,
 )
 from control_room.config import DEFAULT_PORT, read_dotenv
-from control_room.messages import ActivityMessage
+from control_room.messages import TOKEN_REVOKED, ActivityMessage
 from control_room.models import JulesSession, SessionDelta
 
 DEFAULT_HOST: Final = "127.0.0.1"
@@ -477,6 +478,13 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
     try:
         return run_until_signal(main)
+    except TokenRevoked:
+        return fail(
+            "watch",
+            f"the token was revoked (close code {TOKEN_REVOKED}); get a new one and pass it"
+            f" with --token or {TOKEN_ENV}",
+            EXIT_UNAUTHORIZED,
+        )
     except Unauthorized as exc:
         return fail("watch", f"{exc}; check --token or {TOKEN_ENV}", EXIT_UNAUTHORIZED)
     except BadRequest as exc:

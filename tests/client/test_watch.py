@@ -130,6 +130,24 @@ async def test_watch_exits_3_when_the_token_is_rejected(
     ]
 
 
+async def test_watch_says_the_token_was_revoked_and_exits_3(
+    procs: list[Proc], make_service: ServiceFactory, tmp_path: Path
+) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"{TOKEN}\nother-token-0123456789\n")
+    service = await make_service(local_token="", local_token_file=tokens)
+    p = await watch(procs, service, "--token", TOKEN)
+    await p.err_until("watching")
+    tokens.write_text("other-token-0123456789\n")
+    service.reload_secrets()  # SIGHUP: the client is closed with 4001 token_revoked
+    code, out, err = await p.finish()
+    assert (code, out) == (3, "")
+    assert err.strip().splitlines() == [
+        "control-room watch: the token was revoked (close code 4001); get a new one and"
+        " pass it with --token or LOCAL_TOKEN"
+    ]
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -200,6 +200,7 @@ def test_the_default_cap_comes_from_the_file_limit() -> None:
     try:
         listening = next(x for x in serve.lines() if x["msg"] == "Service listening")
         assert (listening["fileLimit"], listening["maxConnections"]) == (96, 48)
+        assert "MAX_CONNECTIONS" not in serve.stderr  # the default fits: no warning
         with exhausted(serve, 48):
             time.sleep(0.1)
             answer = raw_request(
@@ -208,5 +209,25 @@ def test_the_default_cap_comes_from_the_file_limit() -> None:
             assert status_of(answer) == 503
             assert header_of(answer, "Retry-After") == "10"
         serve.wait_for("Connection limit reached")
+    finally:
+        assert serve.stop() == 0
+
+
+def test_a_cap_beyond_the_file_limit_is_a_warning_at_start_up() -> None:
+    serve = Serve(
+        {
+            "LOCAL_TOKEN": TOKEN,
+            "JULES_API_KEY": "k",
+            "JULES_API_BASE": "http://127.0.0.1:9/v1alpha",
+            "POLL_INTERVAL_MS": "60000",
+            "MAX_CONNECTIONS": "500",
+        },
+        preexec=_limit_files(96),
+    ).start()
+    try:
+        warnings = [x for x in serve.lines() if x["msg"].startswith("MAX_CONNECTIONS is more")]
+        assert [
+            (w["level"], w["maxConnections"], w["fileLimit"], w["allowed"]) for w in warnings
+        ] == [("warning", 500, 96, 48)]
     finally:
         assert serve.stop() == 0

@@ -226,6 +226,63 @@ def test_wrong_tokens_from_one_address_are_throttled_and_others_are_not(serve: S
     assert 'control_room_auth_throttled_total{transport="rest"} 1.0' in metrics
 
 
+TOKENLESS = [
+    upgrade(),  # a tool probing without a token
+    upgrade(b"Sec-WebSocket-Protocol: control-room.v1"),
+    upgrade(b"Sec-WebSocket-Protocol: control-room.v1, bearer."),  # before the token is typed
+    upgrade(b"Sec-WebSocket-Protocol: Bearer not-the-token"),  # misplaced: never checked
+    upgrade(query=b"?token=not-the-token"),
+    b"GET /api/sessions HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET /api/stats HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \r\n\r\n",  # empty
+    b"GET /api/sessions?access_token=not-the-token HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET /api/me HTTP/1.1\r\nHost: x\r\nAuthorization: Token not-the-token\r\n\r\n",
+]
+
+
+def test_requests_without_a_token_never_lock_out_the_right_token(serve: Serve) -> None:
+    """Review 10-1: tokenless and misplaced requests are 401s that use up no bucket."""
+    client = fresh_source()
+    statuses = [
+        status_of(raw_request(serve.port, request, source=client))
+        for _ in range(4)  # 36 requests: more than three bursts' worth
+        for request in TOKENLESS
+    ]
+    assert statuses == [401] * len(statuses)
+    right = raw_request(
+        serve.port, upgrade(b"Sec-WebSocket-Protocol: bearer." + TOKEN.encode()), source=client
+    )
+    assert status_of(right) == 101
+    rest = raw_request(
+        serve.port,
+        b"GET /api/stats HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n\r\n" % TOKEN.encode(),
+        source=client,
+    )
+    assert status_of(rest) == 200
+    # The bucket is whole: wrong tokens from the same address still get the full burst,
+    # then 429; and even then a request without a token is told where the token goes.
+    guesses = [
+        status_of(
+            raw_request(
+                serve.port, upgrade(b"Sec-WebSocket-Protocol: bearer.guess-%d" % n), source=client
+            )
+        )
+        for n in range(11)
+    ]
+    assert guesses == [401] * 10 + [429]
+    tokenless = raw_request(serve.port, upgrade(), source=client)
+    assert status_of(tokenless) == 401
+    assert "Sec-WebSocket-Protocol: bearer.<token>" in body_of(tokenless)["message"]
+
+
+def test_an_unsupported_websocket_version_is_426_naming_version_13(serve: Serve) -> None:
+    request = upgrade(b"Sec-WebSocket-Protocol: bearer." + TOKEN.encode())
+    answer = raw_request(serve.port, request.replace(b"Version: 13", b"Version: 8"))
+    # RFC 6455 section 4.4: 426 Upgrade Required, and the versions the server speaks.
+    assert status_of(answer) == 426
+    assert header_of(answer, "Sec-WebSocket-Version") == "13"
+    assert body_of(answer)["error"] == "upgrade_required"
+
+
 @pytest.mark.parametrize(
     ("origin", "status"),
     [

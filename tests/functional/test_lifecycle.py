@@ -14,7 +14,7 @@ import pytest
 from control_room.app import Service
 from control_room.jules.simulator import Simulator, SimulatorServer
 from control_room.ws.handler import WebSocketEndpoint
-from tests.conftest import API_KEY, MS, TOKEN, connect, receive_json
+from tests.conftest import API_KEY, MS, TOKEN, ServiceFactory, connect, receive_json
 
 
 async def wait_until(predicate: object, within: float = 2000 * MS) -> None:
@@ -189,3 +189,17 @@ async def test_a_crash_in_one_connection_handler_leaves_the_server_serving(
     created = sim.create()
     await service.poller.poll_once()
     assert (await receive_json(healthy))["sessionId"] == created["id"]
+
+
+async def test_a_stop_right_after_a_wake_does_not_wait_for_the_poll_interval(
+    make_service: ServiceFactory,
+) -> None:
+    # A key reload (SIGHUP) wakes the poller; a SIGTERM just after must still stop it at
+    # once. On Python 3.11, wait_for swallowed a cancel that landed with the wake, and the
+    # poller waited out its interval (an hour here).
+    service = await make_service()
+    assert service.poller is not None
+    service.poller.wake()
+    stopping = asyncio.create_task(service.stop())
+    done, _ = await asyncio.wait({stopping}, timeout=5000 * MS)
+    assert stopping in done

@@ -7,7 +7,7 @@ import pytest
 
 from control_room.app import Service
 from control_room.jules.simulator import Simulator
-from tests.conftest import TOKEN
+from tests.conftest import TOKEN, connect
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -55,11 +55,17 @@ async def test_unknown_paths_and_methods_answer_json(
 async def test_healthz_reports_the_upstream_without_auth(
     http: aiohttp.ClientSession, service: Service
 ) -> None:
+    ws = await connect(http, service)
     async with http.get(service.url + "/healthz") as resp:
         body = await resp.json()
     assert body["status"] == "ok"
     assert body["upstream"]["consecutiveFailures"] == 0
     assert body["upstream"]["lastSuccess"] is not None
+    # No token, so no counts: how many sessions and clients is the authenticated
+    # /api/stats' to tell.
+    assert "clients" not in body
+    assert not {"sessions", "undecodableSessions", "unconfirmedSessions"} & set(body["upstream"])
+    await ws.close()
 
 
 async def test_stats_lists_clients_and_totals(

@@ -184,7 +184,8 @@ async def test_a_wrong_get_answer_is_never_a_confirmation_nor_data(
     assert after["5"] == before["5"] and after["6"] == before["6"]  # kept, with their own data
     health = await healthz(http, service)
     assert health["reasons"] == ["upstream_listing_inconsistent"]
-    assert health["upstream"]["unconfirmedSessions"] == 2
+    async with http.get(service.url + "/api/stats", headers=AUTH) as resp:
+        assert (await resp.json())["upstream"]["unconfirmedSessions"] == 2
     # Once the API really says so, the deletions are published, with the right ids.
     fake.delete("5", "6")
     await poll(service)

@@ -8,12 +8,14 @@ from control_room.auth import (
     APP_PROTOCOL,
     TokenSet,
     bearer_auth,
+    bearer_credential,
     invalid_token_problem,
     misplaced_token,
     offered_protocols,
     parse_tokens,
     unauthorized_message,
     websocket_auth,
+    websocket_credential,
 )
 from control_room.secret import fingerprint
 
@@ -101,6 +103,22 @@ def test_bytes_that_are_not_utf8_are_a_wrong_token_not_an_error(presented: str) 
 def test_an_empty_set_matches_nothing() -> None:
     assert ws("bearer.", tokens=TokenSet()) is None
     assert bearer_auth("Bearer ", TokenSet()) is None
+
+
+@pytest.mark.parametrize(
+    ("offers", "authorization"),
+    [([], None), ([], "Bearer "), ([], "Bearer"), (["bearer."], None), (["Bearer x"], None)],
+)
+def test_an_empty_or_misplaced_credential_presents_nothing(
+    offers: list[str], authorization: str | None
+) -> None:
+    # Nothing presented is not a guess: the guard neither throttles nor counts it.
+    assert websocket_credential(offers, authorization) is None
+    assert bearer_credential(authorization) is None
+
+
+def test_an_empty_bearer_offer_falls_back_to_the_header() -> None:
+    assert websocket_credential(["bearer."], f"Bearer {TOKEN}") == TOKEN
 
 
 def test_rest_bearer_header() -> None:

@@ -6,6 +6,7 @@ import pytest
 
 from control_room.ws.handshake import (
     HandshakeError,
+    UnsupportedVersion,
     accept_key,
     check_upgrade,
     negotiate_deflate,
@@ -91,4 +92,11 @@ def test_the_response_carries_what_was_chosen() -> None:
 )
 def test_a_request_that_is_not_an_upgrade_is_refused(headers: dict[str, str], problem: str) -> None:
     with pytest.raises(HandshakeError, match=problem):
+        check_upgrade(headers)
+
+
+@pytest.mark.parametrize("version", ["8", "", "13, 8", "14"])
+def test_another_version_is_an_unsupported_version(version: str) -> None:
+    headers = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": version}
+    with pytest.raises(UnsupportedVersion, match="13"):
         check_upgrade(headers)

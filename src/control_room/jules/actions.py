@@ -20,6 +20,7 @@ from control_room.jules.client import (
     describe_failure,
     error_message,
     key_reader,
+    redact_key,
     where,
 )
 from control_room.jules.mapping import map_session
@@ -130,7 +131,21 @@ class JulesActions:
     ) -> bytes:
         url = self._base + path
         self._requests.count(request)
-        headers = {"X-Goog-Api-Key": self._key(), "Accept": "application/json"}
+        key = self._key()
+        try:
+            return await self._call_once(method, url, key, body, params)
+        except UpstreamError as exc:
+            raise exc.without_key(key) from None  # an upstream may echo the key it was sent
+
+    async def _call_once(
+        self,
+        method: str,
+        url: str,
+        key: str,
+        body: dict[str, object] | None,
+        params: dict[str, str] | None,
+    ) -> bytes:
+        headers = {"X-Goog-Api-Key": key, "Accept": "application/json"}
         try:
             async with self._http.request(
                 method,
@@ -151,7 +166,7 @@ class JulesActions:
         kind = {401: "unauthorized", 403: "unauthorized", 429: "rate_limited"}.get(
             status, "server_error" if status >= 500 else "client_error"
         )
-        message, api_status = error_message(data)
+        message, api_status = error_message(data, key)
         raise UpstreamError(kind, message or f"HTTP {status}", status=status, api_status=api_status)
 
     @staticmethod
@@ -174,7 +189,8 @@ class JulesActions:
         try:
             session = session_decoder.decode(data)
         except msgspec.MsgspecError as exc:
-            raise UpstreamError("bad_response", f"created session did not decode: {exc}") from None
+            detail = redact_key(f"created session did not decode: {exc}", self._key())
+            raise UpstreamError("bad_response", detail) from None
         if not session.session_id:
             raise UpstreamError("bad_response", "created session has no id")
         return map_session(session)
@@ -203,7 +219,8 @@ class JulesActions:
             try:
                 page = _sources_decoder.decode(data)
             except msgspec.MsgspecError as exc:
-                raise UpstreamError("bad_response", f"sources did not decode: {exc}") from None
+                detail = redact_key(f"sources did not decode: {exc}", self._key())
+                raise UpstreamError("bad_response", detail) from None
             sources.extend(s for s in map(_source, page.sources or ()) if s is not None)
             token = page.nextPageToken or ""
             if not token:

@@ -6,6 +6,11 @@ not that session is an error (never a confirmation, never data); a 404 counts as
 session" only when it is the API's own NOT_FOUND; redirects are not followed (the API key
 would go with them); an answer over `MAX_RESPONSE_BYTES` is refused. Every error names the
 upstream's host and port and the reason in words (`connection refused to 127.0.0.1:9`).
+
+The API key never leaves in an error: an upstream may echo it (Google APIs quote the key,
+or a URL with `?key=`, in some error bodies), and an error's detail travels to log lines,
+the authenticated 503 body, `/api/stats` and command results. `redact_key` replaces the
+key, and any query-string `key=` value, with `***` where upstream text is captured.
 """
 
 from __future__ import annotations
@@ -13,10 +18,11 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import re
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Final, Literal, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, quote_plus
 
 import aiohttp
 import msgspec
@@ -75,12 +81,31 @@ ACTIVITY_PAGE_SIZE: Final = 100  # the API's maximum: a whole timeline is usuall
 MAX_ACTIVITY_PAGES: Final = 100
 """10,000 activities: ten times the longest real sessions; stops a token loop."""
 
+ERROR_TEXT_MAX_CHARS: Final = 200
+"""An error body that is not the API's envelope is quoted up to a line's worth."""
+ERROR_SCAN_BYTES: Final = 4_096
+"""How much of such a body is decoded and redacted before it is cut to
+ERROR_TEXT_MAX_CHARS: enough to hold any key that starts within the quoted part, so the
+cut never leaves half a key behind."""
+
 log = logs.get("jules")
 T = TypeVar("T")
 
 _list_decoder: Final = msgspec.json.Decoder(ListSessionsResponse)
 _error_decoder: Final = msgspec.json.Decoder(ErrorEnvelope)
 _raw_decoder: Final = msgspec.json.Decoder(msgspec.Raw)
+_QUERY_KEY: Final = re.compile(r"(?i)\b((?:api[_-]?)?key=)[^&#\s\"'<>]+")
+"""A `key=` (or `api_key=`, `apikey=`) query parameter and its value, to the next separator."""
+
+
+def redact_key(text: str, key: str) -> str:
+    """`text` with the API key (as is or URL-encoded) and every `key=` value replaced by `***`."""
+    if key:
+        for form in {key, quote(key, safe=""), quote_plus(key)}:
+            text = text.replace(form, logs.REDACTED)
+    if "key=" in text.lower():
+        text = _QUERY_KEY.sub(rf"\g<1>{logs.REDACTED}", text)
+    return text
 
 
 class UpstreamError(Exception):
@@ -106,6 +131,20 @@ class UpstreamError(Exception):
         self.status = status
         self.retry_after = retry_after
         self.api_status = api_status
+
+    def without_key(self, key: str) -> UpstreamError:
+        """This error with `key` (and any `key=` value) redacted from its text."""
+        detail = redact_key(self.detail, key)
+        api_status = redact_key(self.api_status, key) if self.api_status else self.api_status
+        if detail == self.detail and api_status == self.api_status:
+            return self
+        return UpstreamError(
+            self.kind,
+            detail,
+            status=self.status,
+            retry_after=self.retry_after,
+            api_status=api_status,
+        )
 
     @property
     def retryable(self) -> bool:
@@ -135,17 +174,21 @@ class RequestPolicy:
     retry_after_max: float = RETRY_AFTER_MAX_S
 
 
-def error_message(body: bytes) -> tuple[str, str | None]:
-    """A readable message from an error answer, and Google's status word if it was one."""
+def error_message(body: bytes, key: str = "") -> tuple[str, str | None]:
+    """A readable message from an error answer, and Google's status word if it was one.
+
+    `key` (the API key sent) is redacted from the message, before any cut.
+    """
     try:
         envelope = _error_decoder.decode(body)
     except msgspec.MsgspecError:
-        return body[:200].decode(errors="replace"), None
-    error = envelope.error
+        envelope = None
+    error = envelope.error if envelope is not None else None
     if error is None:
-        return body[:200].decode(errors="replace"), None
+        text = body[:ERROR_SCAN_BYTES].decode(errors="replace")
+        return redact_key(text, key)[:ERROR_TEXT_MAX_CHARS], None
     word = error.status or (str(error.code) if error.code is not None else "")
-    return f"{word}: {error.message or ''}".strip(), error.status
+    return redact_key(f"{word}: {error.message or ''}".strip(), key), error.status
 
 
 def describe_failure(exc: BaseException, where: str, timeout: float) -> tuple[str, str]:
@@ -422,32 +465,34 @@ class JulesClient:
         attempt = 0
         while True:
             attempt += 1
+            key = self._key()  # the key this attempt sends: what an echo would quote
             try:
                 self.requests.count(kind)
-                body = await self._get_once(path, params)
+                body = await self._get_once(path, params, key)
                 try:
                     return decoder.decode(body)
                 except msgspec.MsgspecError as exc:
                     raise UpstreamError(
                         "bad_response", f"{self.where} answered an unexpected body: {exc}"
                     ) from None
-            except UpstreamError as exc:
-                if not exc.retryable or attempt >= self._retry.attempts:
-                    raise
+            except UpstreamError as raw:
+                error = raw.without_key(key)
+                if not error.retryable or attempt >= self._retry.attempts:
+                    raise error from None
                 delay = backoff_delay(attempt, self._retry.base, self._retry.cap)
-                if exc.retry_after is not None:
-                    if exc.retry_after > self._retry.retry_after_max:
-                        raise
-                    delay = max(delay, exc.retry_after)
+                if error.retry_after is not None:
+                    if error.retry_after > self._retry.retry_after_max:
+                        raise error from None
+                    delay = max(delay, error.retry_after)
                 log.debug(
                     "Retrying upstream request",
-                    extra={"path": path, "kind": exc.kind, "attempt": attempt, "delay": delay},
+                    extra={"path": path, "kind": error.kind, "attempt": attempt, "delay": delay},
                 )
                 await asyncio.sleep(delay)
 
-    async def _get_once(self, path: str, params: dict[str, str]) -> bytes:
+    async def _get_once(self, path: str, params: dict[str, str], key: str) -> bytes:
         url = self._base + path
-        headers = {"X-Goog-Api-Key": self._key(), "Accept": "application/json"}
+        headers = {"X-Goog-Api-Key": key, "Accept": "application/json"}
         try:
             async with self._http.get(
                 url, params=params, headers=headers, timeout=self._timeout, allow_redirects=False
@@ -469,7 +514,7 @@ class JulesClient:
                 f"{self.where} redirected ({status}) to {location!r}; not followed",
                 status=status,
             )
-        message, api_status = error_message(body)
+        message, api_status = error_message(body, key)
         detail = f"{self.where} answered HTTP {status}" + (f" ({message})" if message else "")
         if status in (401, 403):
             raise UpstreamError("unauthorized", detail, status=status, api_status=api_status)

@@ -1,9 +1,18 @@
 """The checks every protected request passes, in order: throttle, origin, token.
 
 `Guard.websocket` and `Guard.rest` return the authenticated principal or the error
-response to send: 429 (this address failed too often; before the token is even looked
-at), 403 (an upgrade from a page on another origin), 401 (no token, a wrong one, or one
-in the wrong place; the message says where tokens go and never repeats what was sent).
+response to send: 429 (this address presented wrong tokens too often; before the token is
+even looked at), 403 (an upgrade from a page on another origin), 401 (no token, a wrong
+one, or one in the wrong place; the message says where tokens go and never repeats what
+was sent).
+
+Only a presented token that is wrong counts against the address's throttle, and only a
+request that presents one is throttled. A request with no token, or with something
+token-like where tokens are never read (`?token=`, `Bearer <t>` as a subprotocol), tests
+no secret: it gets the helpful 401 every time and costs no more than `/healthz`, so it
+is neither counted nor bounded. Counting it let a browser loading pages, a tool probing
+without a token or a dashboard reconnecting before its user typed the token use up the
+address's bucket and lock the legitimate user out with 429 (review of issue 10).
 """
 
 from __future__ import annotations
@@ -61,7 +70,10 @@ class Guard:
 
     def websocket(self, request: web.Request) -> WebSocketAuth | web.Response:
         """Authenticate an upgrade, or the 429/403/401 response refusing it."""
-        throttled = self._throttled(request, "websocket")
+        offers = offered_protocols(request.headers.getall("Sec-WebSocket-Protocol", ()))
+        authorization = request.headers.get("Authorization")
+        presented = websocket_credential(offers, authorization) is not None
+        throttled = self._throttled(request, "websocket") if presented else None
         if throttled is not None:
             self._metrics.connections_rejected.labels("throttled").inc()
             return throttled
@@ -77,13 +89,10 @@ class Guard:
                 message="pages on this origin may not open the stream; the service allows "
                 "its own origin and those listed in ALLOWED_ORIGINS",
             )
-        offers = offered_protocols(request.headers.getall("Sec-WebSocket-Protocol", ()))
-        authorization = request.headers.get("Authorization")
         result = websocket_auth(offers, authorization, self._tokens.current)
         if result is not None:
             return result
         self._metrics.connections_rejected.labels("unauthorized").inc()
-        presented = websocket_credential(offers, authorization) is not None
         misplaced = misplaced_token(
             offers=offers, authorization=authorization, query=request.query, websocket=True
         )
@@ -95,14 +104,14 @@ class Guard:
 
     def rest(self, request: web.Request) -> Principal | web.Response:
         """Authenticate a REST request by its bearer header, or the 429/401 refusing it."""
-        throttled = self._throttled(request, "rest")
+        authorization = request.headers.get("Authorization")
+        presented = bearer_credential(authorization) is not None
+        throttled = self._throttled(request, "rest") if presented else None
         if throttled is not None:
             return throttled
-        authorization = request.headers.get("Authorization")
         principal = bearer_auth(authorization, self._tokens.current)
         if principal is not None:
             return principal
-        presented = bearer_credential(authorization) is not None
         misplaced = misplaced_token(
             offers=offered_protocols(request.headers.getall("Sec-WebSocket-Protocol", ())),
             authorization=authorization,
@@ -136,7 +145,8 @@ class Guard:
             "Authentication failed",
             extra={"transport": transport, "reason": reason, "remote": request.remote},
         )
-        if self.throttle.failed(request.remote):
+        # Only a wrong token is a guess; see the module's docstring for why nothing else counts.
+        if presented and self.throttle.failed(request.remote):
             log.warning(
                 "Too many failed authentications; throttling the address",
                 extra={

@@ -71,6 +71,16 @@ def default_max_connections(file_limit: int) -> int:
     return max(file_limit - FD_HEADROOM, file_limit // 2, 1)
 
 
+def cap_beyond_file_limit(max_connections: int, file_limit: int) -> bool:
+    """True when `max_connections` cannot be reached before descriptors run out.
+
+    That is past `default_max_connections`: the cap then leaves less than `FD_HEADROOM` (or
+    half the limit) for the upstream, the store and files, and at the limit itself new
+    clients are shed by the EMFILE path instead of getting the cap's orderly 503.
+    """
+    return max_connections > default_max_connections(file_limit)
+
+
 def refusal_response(reason: str, retry_after: int = OVER_CAPACITY_RETRY_S) -> bytes:
     """A complete `503` HTTP response, sent without reading the request."""
     body = msgspec.json.encode(

@@ -1,7 +1,9 @@
 """Pure per-address throttling of failed authentications: a token bucket per client address.
 
-Each address may fail `burst` times at once, then one more time every `refill_s` seconds.
-An address whose bucket is empty is answered 429 *before* its token is checked, so a
+A failure is a presented token that is wrong (`server/guard.py` counts nothing else: a
+request without a token tests no secret). Each address may fail `burst` times at once,
+then one more time every `refill_s` seconds. A request presenting a token from an address
+whose bucket is empty is answered 429 *before* its token is checked, so a
 guesser learns nothing more until the bucket refills, and every later attempt costs it
 the wait. Memory is bounded: at most `max_addresses` buckets are kept, the least recently
 failed dropped first, and buckets that have refilled (the same as no bucket) are dropped

@@ -24,6 +24,7 @@ from control_room.broker.base import (
 )
 from control_room.commands import Caller, Commands, error_result
 from control_room.messages import (
+    TOKEN_REVOKED,
     BadMessage,
     ResetMessage,
     ResultMessage,
@@ -44,13 +45,15 @@ from control_room.views import BadFilter, View
 from control_room.ws.connection import Connection
 from control_room.ws.frames import close_frame
 from control_room.ws.handshake import (
+    WEBSOCKET_VERSION,
     HandshakeError,
+    UnsupportedVersion,
     accept_key,
     check_upgrade,
     negotiate_deflate,
 )
 from control_room.ws.handshake import response as handshake_response
-from control_room.ws.hub import TOKEN_REVOKED, Hub
+from control_room.ws.hub import Hub
 from control_room.ws.params import (
     AHEAD_OF_SERVER,
     BadParameter,
@@ -212,6 +215,12 @@ class WebSocketEndpoint:
         except BadParameter as exc:
             self._metrics.connections_rejected.labels("bad_request").inc()
             return json_error(400, "bad_request", parameter=exc.parameter, message=str(exc))
+        except UnsupportedVersion as exc:
+            # RFC 6455 §4.4: 426 Upgrade Required, naming the version this server speaks.
+            self._metrics.connections_rejected.labels("bad_request").inc()
+            response = json_error(426, "upgrade_required", message=str(exc))
+            response.headers[hdrs.SEC_WEBSOCKET_VERSION] = WEBSOCKET_VERSION
+            return response
         except HandshakeError as exc:
             self._metrics.connections_rejected.labels("bad_request").inc()
             return json_error(400, "bad_request", message=f"not a WebSocket handshake: {exc}")

@@ -24,8 +24,16 @@ WINDOW_BITS: Final = re.compile(r"8|9|1[0-5]", re.ASCII)
 """RFC 7692 §7.1.2: `%x38-39 / "1" %x30-35`, no leading zero, ASCII digits only."""
 
 
+WEBSOCKET_VERSION: Final = "13"
+"""The only version RFC 6455 defines; any other is answered 426 naming this one (§4.4)."""
+
+
 class HandshakeError(ValueError):
     """The upgrade request is not a valid WebSocket opening handshake; says why."""
+
+
+class UnsupportedVersion(HandshakeError):
+    """The client speaks another WebSocket version: answer 426 with the versions we speak."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,8 +127,8 @@ def check_upgrade(headers: Mapping[str, str]) -> str:
     connection = {t.strip().lower() for t in headers.get("Connection", "").split(",")}
     if "upgrade" not in connection:
         raise HandshakeError("Connection must include Upgrade")
-    if headers.get("Sec-WebSocket-Version", "").strip() != "13":
-        raise HandshakeError("Sec-WebSocket-Version must be 13")
+    if headers.get("Sec-WebSocket-Version", "").strip() != WEBSOCKET_VERSION:
+        raise UnsupportedVersion(f"Sec-WebSocket-Version must be {WEBSOCKET_VERSION}")
     key = headers.get("Sec-WebSocket-Key", "").strip()
     if not key:
         raise HandshakeError("Sec-WebSocket-Key is missing")

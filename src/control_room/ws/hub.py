@@ -10,14 +10,13 @@ from typing import Final
 from control_room import logging as logs
 from control_room.auth import TokenSet
 from control_room.broker.base import Batch
+from control_room.messages import TOKEN_REVOKED
 from control_room.metrics import Metrics
 from control_room.ws.connection import Connection
 from control_room.ws.frames import PING_FRAME, close_frame
 from control_room.ws.prepared import Key, batch_frames
 
 GOING_AWAY: Final = 1001
-TOKEN_REVOKED: Final = 4001
-"""Close code for a client whose token a reload removed (4000-4999: application codes)."""
 
 log = logs.get("ws")
 
