@@ -135,6 +135,8 @@ async def test_watch_exits_3_when_the_token_is_rejected(
     [
         (["--token", TOKEN, "--since", "-1"], "non-negative integer"),
         (["--token", TOKEN, "--since", "x"], "non-negative integer"),
+        (["--token", TOKEN, "--since", "+5"], "non-negative integer"),
+        (["--token", TOKEN, "--state", "NOPE"], "expected one of STATE_UNSPECIFIED, QUEUED"),
         (["--token", TOKEN, "--epoch", "e"], "--epoch needs --since"),
         (["--token", TOKEN, "--url", "ftp://example.org"], "expected an http"),
         (["--token", TOKEN, "--colour"], "unrecognized arguments"),
