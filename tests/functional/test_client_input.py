@@ -94,6 +94,22 @@ async def test_every_message_takes_from_the_rate_bucket_whatever_it_is(
     await closed_for(service, "command_flood")
 
 
+async def test_a_flood_of_unknown_types_at_the_real_limits_is_closed_with_1008(
+    http: aiohttp.ClientSession, service: Service
+) -> None:
+    """The tester's case: thousands of `{"type":"nope"}` were all answered, the socket kept."""
+    ws = await connect(http, service)
+    for _ in range(handler.COMMAND_BURST + handler.COMMAND_FLOOD_LIMIT + 50):
+        await ws.send_str('{"type": "nope"}')
+    codes, close = await answers_until_closed(ws)
+    answered = codes.count("unknown_type")
+    assert codes[: handler.COMMAND_BURST] == ["unknown_type"] * handler.COMMAND_BURST
+    # A loaded machine may refill a token or two while the flood is read (10 a second).
+    assert answered < handler.COMMAND_BURST + 10
+    assert codes[answered:] == ["rate_limited"] * (len(codes) - answered)
+    assert close == 1008
+
+
 async def test_a_refusal_for_rate_is_answered_by_the_messages_id(
     http: aiohttp.ClientSession, service: Service, monkeypatch: pytest.MonkeyPatch
 ) -> None:
