@@ -188,7 +188,7 @@ class Api:
         sid = request.match_info["id"]
         found = self._state.sessions.get(sid)
         if found is None:
-            return json_error(404, "not_found", message=f"no session {sid!r}")
+            return json_error(404, "not_found", message="no such session")
         return json_bytes(encode(found))
 
     async def activities(self, request: web.Request) -> web.StreamResponse:
@@ -206,7 +206,7 @@ class Api:
         if not state.ready:
             return not_ready(state.health)
         if sid not in state.sessions:
-            return json_error(404, "not_found", message=f"no session {sid!r}")
+            return json_error(404, "not_found", message="no such session")
         try:
             size = parse_seq(
                 "pageSize", request.query.get("pageSize", str(DEFAULT_ACTIVITIES_PER_PAGE))
@@ -219,7 +219,7 @@ class Api:
                 400,
                 "bad_request",
                 parameter="pageSize",
-                message=f"pageSize: from 1 to {MAX_ACTIVITIES_PER_PAGE}, got {size}",
+                message=f"pageSize: expected an integer from 1 to {MAX_ACTIVITIES_PER_PAGE}",
             )
         timeline = state.peek_timeline(sid)
         pending = False
@@ -231,7 +231,7 @@ class Api:
             except UpstreamError as exc:
                 return json_error(502, "upstream_unavailable", message=upstream_message(exc))
             if sid not in state.sessions:
-                return json_error(404, "not_found", message=f"no session {sid!r}")
+                return json_error(404, "not_found", message="no such session")
             activities = read or []
             pending = read is None
         # Read together with the activities, with no await between: a consistent pair.
@@ -282,17 +282,17 @@ class Api:
         502 when Jules cannot be read or sends an unusable activity."""
         sid, aid = request.match_info["id"], request.match_info["activity_id"]
         if sid not in self._state.sessions:
-            return json_error(404, "not_found", message=f"no session {sid!r}")
+            return json_error(404, "not_found", message="no such session")
         if self._timelines is None:
             return json_error(503, "commands_unavailable", message="no upstream to ask")
         if not ACTIVITY_ID.fullmatch(aid) or aid in (".", ".."):
-            return json_error(404, "not_found", message=f"no activity {aid[:128]!r}")
+            return json_error(404, "not_found", message="no such activity")
         try:
             raw = await self._timelines.get_activity(sid, aid)
         except UpstreamError as exc:
             return json_error(502, "upstream_unavailable", message=upstream_message(exc))
         if raw is None:
-            return json_error(404, "not_found", message=f"no activity {aid!r} in session {sid!r}")
+            return json_error(404, "not_found", message="no such activity in this session")
         try:
             activity = decode_activity(raw, sid)
         except BadActivity as exc:
@@ -344,7 +344,7 @@ class Api:
         kind = SESSION_ACTIONS.get(action)
         if kind is None:
             known = ", ".join(f":{a}" for a in SESSION_ACTIONS)
-            return json_error(404, "not_found", message=f"no action {action!r}; known: {known}")
+            return json_error(404, "not_found", message=f"no such action; known: {known}")
         return await self._command(request, kind, {"sessionId": sid})
 
     async def delete_session(self, request: web.Request) -> web.StreamResponse:
@@ -394,7 +394,11 @@ class Api:
                 message=f"since {since} is ahead of the server (seq {position.seq});"
                 " reload /api/sessions",
             )
-        session_id = request.query.get("sessionId") or None
+        session_id = request.query.get("sessionId")
+        if session_id is not None and not session_id.strip():
+            return json_error(
+                400, "bad_request", parameter="sessionId", message="sessionId: must not be empty"
+            )
         try:
             entries = await self._broker.history(since, min(limit, MAX_DELTAS_PER_PAGE), session_id)
         except HistoryGone as exc:

@@ -28,7 +28,7 @@ from control_room.messages import (
     Subscribe,
     UnarchiveSession,
 )
-from control_room.models import JulesSession
+from control_room.models import JulesSession, is_repository
 
 MAX_PROMPT_CHARS: Final = 100_000
 """A prompt or message longer than this is refused before it reaches Jules: real prompts
@@ -173,12 +173,16 @@ async def _send(commands: Commands, caller: Caller, command: Command) -> ResultM
 async def _create(commands: Commands, caller: Caller, command: Command) -> ResultMessage:
     assert isinstance(command, CreateSession)
     _prompt(command.prompt)
-    if command.repository is not None and command.repository.count("/") != 1:
-        raise CommandError("invalid_argument", "repository must be owner/repo")
+    if command.repository is not None and not is_repository(command.repository):
+        raise CommandError(
+            "invalid_argument",
+            "repository must be a GitHub owner/repo: an owner of letters, digits and hyphens,"
+            " a name of letters, digits, '.', '_' and '-' (not '.' or '..')",
+        )
     try:
         session = await commands.actions.create_session(command)
     except UpstreamError as exc:
-        if command.repository is not None and exc.status == 404:
+        if exc.status == 404:
             # Jules' own words ("Requested entity was not found") do not say which entity.
             raise CommandError(
                 "not_found",

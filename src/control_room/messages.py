@@ -9,7 +9,8 @@ malformed message can still be answered with its `id`, then the command's own st
 
 from __future__ import annotations
 
-from typing import Any, Final, Literal
+import re
+from typing import Any, Final, Literal, get_args, get_origin, get_type_hints
 
 import msgspec
 
@@ -140,20 +141,41 @@ class Envelope(msgspec.Struct, frozen=True):
     id: MessageId = None
 
 
-class Subscribe(Subscription, frozen=True, kw_only=True, tag="subscribe", tag_field="type"):
+class Subscribe(
+    Subscription,
+    frozen=True,
+    kw_only=True,
+    forbid_unknown_fields=True,
+    tag="subscribe",
+    tag_field="type",
+):
     """Replace the connection's subscription; answered with the new view's snapshot."""
 
     id: MessageId = None
 
 
-class ApprovePlan(msgspec.Struct, frozen=True, kw_only=True, tag="approvePlan", tag_field="type"):
+class ApprovePlan(
+    msgspec.Struct,
+    frozen=True,
+    kw_only=True,
+    forbid_unknown_fields=True,
+    tag="approvePlan",
+    tag_field="type",
+):
     """Approve the plan a session is waiting on."""
 
     sessionId: str
     id: MessageId = None
 
 
-class SendMessage(msgspec.Struct, frozen=True, kw_only=True, tag="sendMessage", tag_field="type"):
+class SendMessage(
+    msgspec.Struct,
+    frozen=True,
+    kw_only=True,
+    forbid_unknown_fields=True,
+    tag="sendMessage",
+    tag_field="type",
+):
     """Send the agent a message (an answer to its question, or new instructions)."""
 
     sessionId: str
@@ -162,7 +184,12 @@ class SendMessage(msgspec.Struct, frozen=True, kw_only=True, tag="sendMessage", 
 
 
 class CreateSession(
-    msgspec.Struct, frozen=True, kw_only=True, tag="createSession", tag_field="type"
+    msgspec.Struct,
+    frozen=True,
+    kw_only=True,
+    forbid_unknown_fields=True,
+    tag="createSession",
+    tag_field="type",
 ):
     """Start a new session; `repository` is `owner/repo` (absent: no repository)."""
 
@@ -176,7 +203,12 @@ class CreateSession(
 
 
 class ArchiveSession(
-    msgspec.Struct, frozen=True, kw_only=True, tag="archiveSession", tag_field="type"
+    msgspec.Struct,
+    frozen=True,
+    kw_only=True,
+    forbid_unknown_fields=True,
+    tag="archiveSession",
+    tag_field="type",
 ):
     """Archive a session (Jules hides it from the default listing)."""
 
@@ -185,7 +217,12 @@ class ArchiveSession(
 
 
 class UnarchiveSession(
-    msgspec.Struct, frozen=True, kw_only=True, tag="unarchiveSession", tag_field="type"
+    msgspec.Struct,
+    frozen=True,
+    kw_only=True,
+    forbid_unknown_fields=True,
+    tag="unarchiveSession",
+    tag_field="type",
 ):
     """Bring an archived session back."""
 
@@ -194,7 +231,12 @@ class UnarchiveSession(
 
 
 class DeleteSession(
-    msgspec.Struct, frozen=True, kw_only=True, tag="deleteSession", tag_field="type"
+    msgspec.Struct,
+    frozen=True,
+    kw_only=True,
+    forbid_unknown_fields=True,
+    tag="deleteSession",
+    tag_field="type",
 ):
     """Delete a session for good."""
 
@@ -288,31 +330,117 @@ _command_decoders: Final[dict[bool, dict[str, _Decoder]]] = {
 }
 
 
+MAX_NAMED_UNKNOWN_FIELDS: Final = 8
+"""Unknown fields an `invalid_argument` message names; past this it says how many more (a
+message of thousands of stray keys must not make an answer of thousands of names)."""
+FIELD_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+"""What an unknown field's name must look like to be named in an answer: an identifier a
+client could have meant. Anything else (markup, control characters, kilobytes) is counted,
+never quoted."""
+_MISSING: Final = re.compile(r"Object missing required field `([A-Za-z_]\w*)`")
+_AT: Final = re.compile(r" - at `\$\.?([A-Za-z_][\w.\[\]]*)`$")
+_EXPECTED: Final = re.compile(r"^Expected `([^`]*)`")
+_WORDS: Final[dict[str, str]] = {
+    "str": "a string",
+    "bool": "true or false",
+    "int": "an integer",
+    "array": "a list of strings",  # every list a command takes is of strings
+    "object": "an object",
+    "bool | int | float | str": "a string, a number, true, false or null",
+}
+"""msgspec's type names (`| null` removed) in the service's words."""
+
+
+def peek_id(data: bytes, *, binary: bool = False) -> MessageId:
+    """The `id` of a client message if it has one (to answer a refusal by it), else None.
+
+    Reads only the envelope: what a message refused before it is used costs.
+    """
+    try:
+        envelope: Envelope = _envelope_decoders[binary].decode(data)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return None
+    return envelope.id
+
+
+def _field_words(kind: type[Command], path: str) -> str | None:
+    """The values a command's field takes when its type is a Literal; None otherwise."""
+    name = re.split(r"[.\[]", path, maxsplit=1)[0]
+    hint = get_type_hints(kind).get(name)
+    choices = [v for t in (hint, *get_args(hint)) if get_origin(t) is Literal for v in get_args(t)]
+    return " or ".join(str(v) for v in choices) or None
+
+
+def _unknown_fields(data: bytes, binary: bool, kind: type[Command]) -> str:
+    """A sentence naming the fields `kind` does not take (names that look like names)."""
+    try:
+        raw = msgspec.msgpack.decode(data) if binary else msgspec.json.decode(data)
+    except msgspec.DecodeError:
+        raw = {}
+    known = {*kind.__struct_fields__, "type"}
+    extra = [k for k in raw if k not in known] if isinstance(raw, dict) else []
+    named = sorted({k for k in extra if isinstance(k, str) and FIELD_NAME.fullmatch(k)})
+    shown = named[:MAX_NAMED_UNKNOWN_FIELDS]
+    rest = len(extra) - len(shown)
+    what = ", ".join(shown) if shown else ""
+    if rest > 0:
+        what = f"{what} and {rest} more" if what else f"{rest} unnamed"
+    accepted = ", ".join(f for f in kind.__struct_fields__ if f != "id")
+    return f"unknown fields: {what or 'one'}; {kind.__struct_config__.tag} takes {accepted} and id"
+
+
+def describe_invalid(
+    exc: msgspec.ValidationError, kind: type[Command], data: bytes, binary: bool
+) -> str:
+    """A msgspec validation error in the service's words: the field path and what it must
+    be, never the value sent (msgspec quotes bad enum values)."""
+    text = str(exc)
+    missing = _MISSING.match(text)
+    if missing:
+        return f"{missing.group(1)} is required"
+    if text.startswith("Object contains unknown field"):
+        return _unknown_fields(data, binary, kind)
+    at = _AT.search(text)
+    path = at.group(1) if at else ""
+    expected = _EXPECTED.match(text)
+    words = _field_words(kind, path)  # a field with fixed values lists them, whatever came
+    if words is None:
+        found = _WORDS.get(expected.group(1).removesuffix(" | null")) if expected else None
+        words = found or "a valid value"
+    return f"{path or 'the message'} must be {words}"
+
+
 def decode_command(data: bytes, *, binary: bool = False) -> Command:
     """Decode one client message (JSON text, or MessagePack when `binary`).
 
     Raises BadMessage(code, message, id) when it cannot be used: `bad_message`, not an
     object with a string `type`; `unknown_type`, a type this server does not know;
-    `invalid_argument`, a known type with missing or wrong fields (the message names the
-    field, as msgspec reports it).
+    `invalid_argument`, a known type with missing, unknown or wrong fields (the message
+    names the field and what it must be, never the value sent).
     """
+    what = "MessagePack" if binary else "JSON"
     try:
         envelope: Envelope = _envelope_decoders[binary].decode(data)
     except msgspec.ValidationError as exc:
-        raise BadMessage("bad_message", f"expected an object with a string `type`: {exc}") from None
+        at = _AT.search(str(exc))
+        if at is not None and at.group(1) == "id":
+            problem = "id must be a string, a number, true, false or null"
+        else:
+            problem = f"a message is a {what} object with a string type"
+        raise BadMessage("bad_message", problem) from None
     except msgspec.DecodeError:
-        what = "MessagePack" if binary else "JSON"
         raise BadMessage("bad_message", f"not valid {what}") from None
     decoder = _command_decoders[binary].get(envelope.type)
     if decoder is None:
         known = ", ".join(sorted(COMMAND_TYPES))
-        raise BadMessage(
-            "unknown_type", f"unknown type {envelope.type[:64]!r}; known: {known}", envelope.id
-        )
+        raise BadMessage("unknown_type", f"type must be one of {known}", envelope.id)
     try:
         command: Command = decoder.decode(data)
     except msgspec.ValidationError as exc:
-        raise BadMessage("invalid_argument", str(exc), envelope.id) from None
+        kind = COMMAND_TYPES[envelope.type]
+        raise BadMessage(
+            "invalid_argument", describe_invalid(exc, kind, data, binary), envelope.id
+        ) from None
     return command
 
 
@@ -338,4 +466,6 @@ __all__ = [
     "Subscribe",
     "Subscription",
     "UnarchiveSession",
+    "decode_command",
+    "peek_id",
 ]

@@ -2,11 +2,46 @@
 
 from __future__ import annotations
 
+import re
 from typing import Final, Literal
 
 import msgspec
 
 DeltaType = Literal["created", "updated", "deleted"]
+
+SESSION_STATES: Final = (
+    "STATE_UNSPECIFIED",
+    "QUEUED",
+    "PLANNING",
+    "AWAITING_PLAN_APPROVAL",
+    "AWAITING_USER_FEEDBACK",
+    "IN_PROGRESS",
+    "PAUSED",
+    "COMPLETED",
+    "FAILED",
+    "ACTIVE",
+)
+"""Every session state Jules is known to report (ACTIVE: older clients' legacy name). A
+filter on any other state could never match, so it is refused; a state Jules adds later is
+still shown (kept as sent) and is added here to become filterable."""
+
+GITHUB_OWNER: Final = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})")
+"""A GitHub user or organisation: letters, digits and hyphens, not starting with a hyphen,
+at most 39 characters."""
+GITHUB_REPO: Final = re.compile(r"[A-Za-z0-9._-]{1,100}")
+"""A GitHub repository name: letters, digits, `.`, `_` and `-`, at most 100 characters
+(and never `.` or `..`, which GitHub refuses and which would walk an upstream path)."""
+
+
+def is_repository(text: str) -> bool:
+    """Whether `text` is a GitHub `owner/repo` that GitHub itself would accept."""
+    owner, slash, repo = text.partition("/")
+    return (
+        slash == "/"
+        and GITHUB_OWNER.fullmatch(owner) is not None
+        and GITHUB_REPO.fullmatch(repo) is not None
+        and repo not in (".", "..")
+    )
 
 
 class Approval(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):

@@ -9,16 +9,18 @@ one view, and each broadcast is projected once per distinct view, never once per
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import itertools
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final, Literal
 
 from control_room.broker.base import ACTIVITIES, Entry, Tag
-from control_room.models import JulesSession
+from control_room.models import SESSION_STATES, JulesSession, is_repository
 
 MAX_FILTER_VALUES: Final = 1_000
-"""Values per filter field: a dashboard watching a thousand sessions by id is already an
-unusual view; the bound keeps a subscription's size (and its hash) small."""
+"""Entries per filter field, counted as sent (duplicates included): a dashboard watching a
+thousand sessions by id is already an unusual view, and a longer list is a client bug; the
+bound keeps a subscription's size (and its hash, and the answer that echoes it) small."""
 MAX_FILTER_VALUE_CHARS: Final = 256
 """Ids are ~20 digits and `owner/repo` at most ~140 characters on GitHub."""
 
@@ -27,21 +29,41 @@ Projection = Literal["pass", "created", "deleted", "drop"]
 
 
 class BadFilter(ValueError):
-    """A subscription field is unusable; the message names the field and the limit."""
+    """A subscription field is unusable; the message names the field and what it takes,
+    never the value sent."""
 
     def __init__(self, field: str, problem: str) -> None:
         super().__init__(f"{field}: {problem}")
         self.field = field
+        self.problem = problem
+
+
+def _any(value: str) -> bool:
+    return True
+
+
+_VALID: Final[dict[str, tuple[Callable[[str], bool], str]]] = {
+    "sessionIds": (_any, "session ids"),
+    "repositories": (is_repository, "GitHub repositories written owner/repo"),
+    "states": (SESSION_STATES.__contains__, "states among " + ", ".join(SESSION_STATES)),
+}
+"""Per filter field, what a value must be to ever match, and how the refusal says so."""
 
 
 def _values(field: str, values: Iterable[str] | None) -> frozenset[str] | None:
     if values is None:
         return None
-    found = frozenset(v.strip() for v in values if v.strip())
-    if len(found) > MAX_FILTER_VALUES:
+    listed = list(itertools.islice(values, MAX_FILTER_VALUES + 1))
+    if len(listed) > MAX_FILTER_VALUES:
         raise BadFilter(field, f"at most {MAX_FILTER_VALUES} values")
+    found = frozenset(v.strip() for v in listed)
+    if "" in found:
+        raise BadFilter(field, "values must not be empty")
     if any(len(v) > MAX_FILTER_VALUE_CHARS for v in found):
         raise BadFilter(field, f"values are at most {MAX_FILTER_VALUE_CHARS} characters")
+    valid, what = _VALID[field]
+    if not all(valid(v) for v in found):
+        raise BadFilter(field, f"values must be {what}")
     return found
 
 
@@ -49,7 +71,9 @@ def _values(field: str, values: Iterable[str] | None) -> frozenset[str] | None:
 class View:
     """A connection's filters (None: no filter on that field) and whether it gets activities.
 
-    An empty set filters everything out of that field (a view of nothing is legal).
+    An empty set filters everything out of that field (a view of nothing is legal); an
+    empty value, an unknown state or a repository that is not `owner/repo` is refused,
+    since it could never match.
     """
 
     session_ids: frozenset[str] | None = None
@@ -73,6 +97,16 @@ class View:
             _values("states", states),
             activities,
         )
+
+    def listed(self, field: Literal["sessionIds", "repositories", "states"]) -> list[str] | None:
+        """A filter as the server understood it: de-duplicated, trimmed and sorted (the same
+        list for every subscription that means the same view); None when absent."""
+        values = {
+            "sessionIds": self.session_ids,
+            "repositories": self.repositories,
+            "states": self.states,
+        }[field]
+        return sorted(values) if values is not None else None
 
     @property
     def filtered(self) -> bool:

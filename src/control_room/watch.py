@@ -48,7 +48,8 @@ from control_room.client import (
 )
 from control_room.config import DEFAULT_PORT, read_dotenv
 from control_room.messages import TOKEN_REVOKED, ActivityMessage
-from control_room.models import JulesSession, SessionDelta
+from control_room.models import SESSION_STATES, JulesSession, SessionDelta
+from control_room.ws.params import MAX_INTEGER_DIGITS
 
 DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_URL: Final = f"http://{DEFAULT_HOST}:{DEFAULT_PORT}"
@@ -76,13 +77,18 @@ def wants_color(stream: TextIO, no_color_flag: bool, environ: dict[str, str]) ->
 
 
 def _seq(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
-    return value
+    if not (text.isascii() and text.isdigit() and len(text) <= MAX_INTEGER_DIGITS):
+        raise argparse.ArgumentTypeError(
+            f"expected a non-negative integer of at most {MAX_INTEGER_DIGITS} digits"
+        )
+    return int(text)
+
+
+def _state(text: str) -> str:
+    """A session state the server can filter on (any other could never match)."""
+    if text not in SESSION_STATES:
+        raise argparse.ArgumentTypeError("expected one of " + ", ".join(SESSION_STATES))
+    return text
 
 
 @dataclass(frozen=True)
@@ -197,6 +203,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     watch.add_argument(
         "--state",
         action="append",
+        type=_state,
         metavar="STATE",
         help="only sessions in this state, e.g. AWAITING_PLAN_APPROVAL (repeatable)",
     )

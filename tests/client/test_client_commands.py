@@ -181,7 +181,7 @@ async def test_reads_session_sources_and_me(service: Service, sim: Simulator) ->
     await service.poller.poll_once()
     async with ControlRoomClient(service.url, TOKEN) as client:
         assert (await client.session(made["id"])).title == "Read me"
-        with pytest.raises(NotFound, match="no session '404404'"):
+        with pytest.raises(NotFound, match="no such session"):
             await client.session("404404")
         sources = await client.sources()
         assert await client.me() == {"readOnly": False, "commands": True}

@@ -153,6 +153,8 @@ async def test_watch_says_the_token_was_revoked_and_exits_3(
     [
         (["--token", TOKEN, "--since", "-1"], "non-negative integer"),
         (["--token", TOKEN, "--since", "x"], "non-negative integer"),
+        (["--token", TOKEN, "--since", "+5"], "non-negative integer"),
+        (["--token", TOKEN, "--state", "NOPE"], "expected one of STATE_UNSPECIFIED, QUEUED"),
         (["--token", TOKEN, "--epoch", "e"], "--epoch needs --since"),
         (["--token", TOKEN, "--url", "ftp://example.org"], "expected an http"),
         (["--token", TOKEN, "--colour"], "unrecognized arguments"),

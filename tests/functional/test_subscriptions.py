@@ -117,7 +117,7 @@ async def test_the_default_stream_is_unchanged_by_filtered_clients(
 ) -> None:
     assert service.poller is not None
     plain = await connect(http, service)
-    filtered = [await connect(http, service, f"?state=S{i}") for i in range(5)]
+    filtered = [await connect(http, service, f"?repository=acme/none{i}") for i in range(5)]
     created = [sim.create() for _ in range(3)]
     await service.poller.poll_once()
     got = [await receive_json(plain) for _ in created]

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from control_room.ws.params import BadParameter, StreamRequest, parse_stream_request
+from control_room.ws.params import (
+    MAX_INTEGER_DIGITS,
+    BadParameter,
+    StreamRequest,
+    parse_seq,
+    parse_stream_request,
+)
 
 
 def test_no_parameters_means_live_only() -> None:
@@ -36,3 +42,16 @@ def test_bad_values_name_the_parameter(query: dict[str, str], parameter: str) ->
     with pytest.raises(BadParameter) as err:
         parse_stream_request(query)
     assert err.value.parameter == parameter
+
+
+@pytest.mark.parametrize("raw", ["１", "+5", "5_0", " 5", "5 ", "-0", "1" * 19, "", "٣"])
+def test_integers_are_plain_ascii_digits_only(raw: str) -> None:
+    with pytest.raises(BadParameter) as refused:
+        parse_seq("since", raw)
+    assert refused.value.parameter == "since"
+    assert raw not in str(refused.value) or not raw
+
+
+def test_the_longest_integer_fits_a_bigint() -> None:
+    assert parse_seq("since", "9" * MAX_INTEGER_DIGITS) < 2**63
+    assert parse_seq("since", "007") == 7

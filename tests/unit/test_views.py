@@ -7,8 +7,9 @@ import pytest
 
 from control_room.broker.base import Batch, Entry
 from control_room.broker.memory import MemoryBroker
+from control_room.jules.mapping import PLAN_STATUS, UNSPECIFIED
 from control_room.messages import ActivityMessage
-from control_room.models import Activity, Change
+from control_room.models import SESSION_STATES, Activity, Change, is_repository
 from control_room.views import DEFAULT_VIEW, MAX_FILTER_VALUES, BadFilter, View
 from control_room.ws.prepared import PLAIN, batch_frames, payloads
 from tests.factories import session
@@ -83,7 +84,7 @@ def test_a_view_of_an_empty_set_sees_nothing() -> None:
 
 def test_equal_subscriptions_are_one_view() -> None:
     a = View.of(states=["QUEUED", "PLANNING"], repositories=["acme/api"])
-    b = View.of(repositories=["acme/api", " "], states=["PLANNING", "QUEUED"])
+    b = View.of(repositories=["acme/api", " acme/api"], states=["PLANNING", "QUEUED"])
     assert a == b and hash(a) == hash(b)
 
 
@@ -107,3 +108,62 @@ def test_frames_are_prepared_once_per_view_and_shared() -> None:
     assert first[1] == 1
     assert batch_frames(batch, (DEFAULT_VIEW, PLAIN))[1] == 2
     assert len(batch.prepared) == 2
+
+
+FIELDS = {"states": "states", "repositories": "repositories", "sessionIds": "session_ids"}
+"""Subscription field -> View.of keyword."""
+
+
+@pytest.mark.parametrize(
+    ("field", "values"),
+    [
+        ("states", ["NOPE"]),
+        ("states", ["queued"]),
+        ("repositories", ["acme"]),
+        ("repositories", ["../.."]),
+        ("repositories", ["acme/.."]),
+        ("repositories", ["-acme/api"]),
+        ("sessionIds", [""]),
+        ("sessionIds", ["  "]),
+    ],
+)
+def test_a_filter_that_could_never_match_is_refused(field: str, values: list[str]) -> None:
+    with pytest.raises(BadFilter) as refused:
+        View.of(**{FIELDS[field]: values})
+    assert refused.value.field == field
+    assert all(v not in refused.value.problem for v in values if v.strip())
+
+
+def test_entries_are_counted_as_sent_and_listed_as_understood() -> None:
+    with pytest.raises(BadFilter, match="at most"):
+        View.of(states=["QUEUED"] * (MAX_FILTER_VALUES + 1))
+    view = View.of(states=["QUEUED", " PLANNING", "QUEUED"], repositories=["b/x", "a/y"])
+    assert view.listed("states") == ["PLANNING", "QUEUED"]
+    assert view.listed("repositories") == ["a/y", "b/x"]
+    assert view.listed("sessionIds") is None
+
+
+@pytest.mark.parametrize(
+    ("name", "valid"),
+    [
+        ("acme/api", True),
+        ("a-c-m-e/web.app_2", True),
+        ("acme/.github", True),
+        ("acme/..", False),
+        ("acme/.", False),
+        ("../..", False),
+        ("acme", False),
+        ("acme/api/x", False),
+        ("ac_me/api", False),
+        ("-acme/api", False),
+        ("a" * 40 + "/api", False),
+        ("acme/" + "a" * 101, False),
+        ("acme/ａpi", False),
+    ],
+)
+def test_repositories_are_named_as_github_names_them(name: str, valid: bool) -> None:
+    assert is_repository(name) is valid
+
+
+def test_every_state_the_mapping_knows_is_filterable() -> None:
+    assert set(PLAN_STATUS) | {UNSPECIFIED} <= set(SESSION_STATES)

@@ -37,6 +37,13 @@ WRITE_HIGH_WATER: Final = 256 * 1024
 """Bytes buffered in the transport above which it reports itself paused: catching-up writes
 (a snapshot, a replay) wait for it to drain below the low mark before the next slice."""
 WRITE_LOW_WATER: Final = 64 * 1024
+CLOSE_TIMEOUT_S: Final = 2.0
+"""After our close frame, how long we keep reading (and discarding) what the client still
+sends, waiting for its close frame or its FIN, before the socket is dropped. Closing a TCP
+socket with unread bytes in its receive buffer makes the kernel send a reset, and a reset
+can destroy our close frame in the client's buffer before it is read: a client flooding
+messages would see a broken connection instead of 1008. A live client answers a close at
+once; this bounds what one that never does costs (the same as the Python client's own)."""
 
 
 class Owner(Protocol):
@@ -69,6 +76,7 @@ class Connection(asyncio.Protocol):
         "_drained",
         "_held",
         "_held_bytes",
+        "_linger",
         "_lost",
         "_on_lost",
         "_owner",
@@ -119,6 +127,8 @@ class Connection(asyncio.Protocol):
         self._on_lost = on_lost
         self._drained: asyncio.Future[None] | None = None
         self._lost = False
+        self._linger: asyncio.TimerHandle | None = None
+        """Set while our close frame is out and we wait for the client's (`close`)."""
 
     # -- the transport's callbacks -------------------------------------------------
 
@@ -131,11 +141,15 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         """Parse what the client sent: pongs and pings keep it alive; messages go up."""
         reader = self._reader
+        if self._linger is not None:
+            self._closing_received(data)
+            return
         if reader is None or self.close_reason is not None:
             return
         try:
             events = reader.feed(data)
         except ProtocolViolation as exc:
+            self._reader = None  # its stream is broken: after our close, wait for its FIN
             self.close(
                 close_frame(exc.code, exc.reason[:100]),
                 "message_too_big" if exc.code == 1009 else "protocol_error",
@@ -143,6 +157,11 @@ class Connection(asyncio.Protocol):
             return
         for event in events:
             self.alive = True
+            if self._linger is not None:  # we closed mid-read: only its close frame matters
+                if isinstance(event, Control) and event.opcode == OP_CLOSE:
+                    self.transport.close()
+                    return
+                continue
             if isinstance(event, Control):
                 self._control(event)
             elif self._owner is not None and self.close_reason is None:
@@ -162,10 +181,25 @@ class Connection(asyncio.Protocol):
             try:
                 code, _ = close_code(event.data)
             except ProtocolViolation as exc:
-                self.close(close_frame(exc.code, exc.reason[:100]), "protocol_error")
+                # It sent its (bad) close frame: nothing follows it to wait for.
+                self.close(close_frame(exc.code, exc.reason[:100]), "protocol_error", linger=False)
                 return
-            # Echo the code (RFC 6455 §5.5.1), then close once it is flushed.
-            self.close(close_frame(1000 if code == 1005 else code), "normal")
+            # Echo the code (RFC 6455 §5.5.1), then close once it is flushed: the client
+            # sends nothing after its close frame, so there is nothing to wait for.
+            self.close(close_frame(1000 if code == 1005 else code), "normal", linger=False)
+
+    def _closing_received(self, data: bytes) -> None:
+        """After our close frame: discard messages; the client's close frame ends it."""
+        reader = self._reader
+        if reader is None:
+            return  # its stream was broken: wait for its FIN (or the linger's end)
+        try:
+            events = reader.feed(data)
+        except ProtocolViolation:
+            self._reader = None
+            return
+        if any(isinstance(e, Control) and e.opcode == OP_CLOSE for e in events):
+            self.transport.close()  # the client sends nothing more: no reset
 
     def eof_received(self) -> bool:
         """The client half-closed: close our side too."""
@@ -185,6 +219,8 @@ class Connection(asyncio.Protocol):
         if self._lost:
             return
         self._lost = True
+        if self._linger is not None:
+            self._linger.cancel()
         self._wake()
         self._held, self._held_bytes = None, 0
         if self._owner is not None:
@@ -227,7 +263,9 @@ class Connection(asyncio.Protocol):
         return self.close_reason is None and not self.transport.is_closing()
 
     def write(self, frames: bytes, count: int) -> None:
-        """Hand already-framed bytes to the socket (never blocks)."""
+        """Hand already-framed bytes to the socket (never blocks); none after a close."""
+        if self._linger is not None:
+            return
         self.transport.write(frames)
         self.messages_sent += count
         self.bytes_sent += len(frames)
@@ -258,10 +296,27 @@ class Connection(asyncio.Protocol):
         self._held, self._held_bytes = None, 0
         self.transport.abort()
 
-    def close(self, frame: bytes, reason: str) -> None:
-        """Send a close frame and close once it is flushed (a polite goodbye)."""
+    def close(self, frame: bytes, reason: str, *, linger: bool = True) -> None:
+        """Send a close frame (a polite goodbye) and close the socket once it is flushed.
+
+        With `linger` (the default), the socket stays open for reading until the client
+        answers with its own close frame, or sends its FIN, or CLOSE_TIMEOUT_S pass: what it
+        sent meanwhile is read and discarded, so the kernel never answers unread bytes with
+        a reset that could destroy the close frame before the client reads it (RFC 6455
+        §7.1.1: the server closes the TCP connection after the closing handshake). Without
+        it (shutdown, or an answer to the client's own close) the socket closes at once.
+        """
         if self.close_reason is None:
             self.close_reason = reason
-        if not self.transport.is_closing():
-            self.transport.write(frame)
-            self.transport.close()
+        transport = self.transport
+        if transport.is_closing():
+            return
+        if self._linger is not None:
+            if not linger:
+                transport.close()
+            return
+        transport.write(frame)
+        if not linger:
+            transport.close()
+            return
+        self._linger = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT_S, transport.abort)

@@ -26,12 +26,14 @@ from control_room.commands import Caller, Commands, error_result
 from control_room.messages import (
     TOKEN_REVOKED,
     BadMessage,
+    MessageId,
     ResetMessage,
     ResultMessage,
     SnapshotMessage,
     Subscribe,
     Subscription,
     decode_command,
+    peek_id,
 )
 from control_room.metrics import Metrics
 from control_room.models import Position, encode
@@ -337,21 +339,21 @@ class WebSocketEndpoint:
                 return
             state.deferred.append(message)
             return
+        binary = message.opcode == OP_BINARY
+        # Every message takes from the bucket before it is parsed, whatever it is (garbage,
+        # an unknown type, missing fields): a loop of junk is throttled like a loop of
+        # commands. A refusal reads only the envelope, for the id to answer by.
+        if not state.bucket.take():
+            self._refuse(conn, state, peek_id(message.data, binary=binary))
+            return
         try:
-            command = decode_command(message.data, binary=message.opcode == OP_BINARY)
+            command = decode_command(message.data, binary=binary)
         except BadMessage as exc:
+            state.refused = 0
             self._answer(conn, error_result(exc.id, exc.code, str(exc)))
             return
-        if not state.bucket.take() or len(state.tasks) >= MAX_COMMANDS_IN_FLIGHT:
-            state.refused += 1
-            if state.refused >= COMMAND_FLOOD_LIMIT:
-                log.warning(
-                    "Client flooding commands; closed with 1008",
-                    extra={"clientId": conn.id, "refused": state.refused},
-                )
-                conn.close(close_frame(POLICY_VIOLATION, "too many messages"), "command_flood")
-                return
-            self._answer(conn, error_result(command.id, "rate_limited", "too many messages"))
+        if len(state.tasks) >= MAX_COMMANDS_IN_FLIGHT:
+            self._refuse(conn, state, command.id)
             return
         state.refused = 0
         if isinstance(command, Subscribe):  # synchronous: no await between view and snapshot
@@ -376,6 +378,18 @@ class WebSocketEndpoint:
         task = asyncio.create_task(run(), name=f"command-{conn.id}")
         state.tasks.add(task)
         task.add_done_callback(state.tasks.discard)
+
+    def _refuse(self, conn: Connection, state: _Commands, id: MessageId) -> None:
+        """Answer `rate_limited`; close with 1008 after COMMAND_FLOOD_LIMIT in a row."""
+        state.refused += 1
+        if state.refused >= COMMAND_FLOOD_LIMIT:
+            log.warning(
+                "Client flooding commands; closed with 1008",
+                extra={"clientId": conn.id, "refused": state.refused},
+            )
+            conn.close(close_frame(POLICY_VIOLATION, "too many messages"), "command_flood")
+            return
+        self._answer(conn, error_result(id, "rate_limited", "too many messages"))
 
     def _caught_up(self, conn: Connection) -> None:
         """The client is live again: answer what it sent meanwhile, in order."""
@@ -583,7 +597,7 @@ class WebSocketEndpoint:
             epoch=snapshot.epoch,
             seq=snapshot.seq,
             activitiesSeq=snapshot.activitiesSeq,
-            subscription=command_subscription(command),
+            subscription=understood(view, command),
         )
 
 
@@ -605,13 +619,14 @@ class _CatchUp:
     """Per channel, the seq after which history is replayed."""
 
 
-def command_subscription(command: Subscribe) -> Subscription:
-    """The subscription part of a subscribe command (what the result echoes)."""
+def understood(view: View, command: Subscribe) -> Subscription:
+    """The subscription as the server understood it (what a `subscribe` result echoes):
+    each filter de-duplicated, trimmed and sorted, never the list as sent."""
     return Subscription(
-        sessionIds=command.sessionIds,
-        repositories=command.repositories,
-        states=command.states,
-        activities=command.activities,
+        sessionIds=view.listed("sessionIds"),
+        repositories=view.listed("repositories"),
+        states=view.listed("states"),
+        activities=view.activities,
         updates=command.updates,
         batch=command.batch,
     )

@@ -96,7 +96,7 @@ class Hub:
                 if transport.get_write_buffer_size() > limit:
                     slow.append(conn)
                     continue
-                if transport.is_closing():
+                if not conn.open:  # closing: its close frame is out, nothing follows it
                     continue
                 conn.write(frames, count)
                 messages += count
@@ -159,7 +159,7 @@ class Hub:
                 self.cut_slow(conn)
                 continue
             conn.alive = False
-            if not conn.transport.is_closing():
+            if conn.open:
                 conn.transport.write(PING_FRAME)
                 pinged += 1
         self._metrics.heartbeat_pings.inc(pinged)
@@ -202,4 +202,5 @@ class Hub:
         the close reason counted in metrics and logs."""
         frame = close_frame(code, reason)
         for conn in list(self.connections.values()):
-            conn.close(frame, label)
+            # No lingering for answers: the service is going away, and its loop with it.
+            conn.close(frame, label, linger=False)

@@ -44,15 +44,23 @@ class StreamRequest:
     """`batch=1`: each poll's messages as one `batch` message."""
 
 
+MAX_INTEGER_DIGITS: Final = 18
+"""Digits in an integer parameter (`since`, `activitiesSince`, `limit`, `pageSize`,
+`pageToken`): 18 digits stay below 2**63, what the stores' BIGINT columns hold, and a
+sequence number will not pass 10**18 in the life of any deployment."""
+
+
 def parse_seq(name: str, raw: str) -> int:
-    """A non-negative integer sequence number."""
-    try:
-        value = int(raw)
-    except ValueError:
-        raise BadParameter(name, f"expected a non-negative integer, got {raw!r}") from None
-    if value < 0:
-        raise BadParameter(name, f"expected a non-negative integer, got {raw!r}")
-    return value
+    """A non-negative integer written in plain ASCII digits.
+
+    Python's int() also takes `+5`, `5_0`, surrounding spaces and other scripts' digits
+    (full-width `１`): none is what a client means to send, so all are refused.
+    """
+    if not (0 < len(raw) <= MAX_INTEGER_DIGITS and raw.isascii() and raw.isdigit()):
+        raise BadParameter(
+            name, f"expected a non-negative integer of at most {MAX_INTEGER_DIGITS} digits"
+        )
+    return int(raw)
 
 
 def _all(query: Mapping[str, str], name: str) -> list[str] | None:
@@ -69,7 +77,7 @@ def _all(query: Mapping[str, str], name: str) -> list[str] | None:
 def _flag(query: Mapping[str, str], name: str) -> bool:
     raw = query.get(name, "").strip().lower()
     if raw not in ("", "0", "1", "true", "false"):
-        raise BadParameter(name, f"expected 1 or 0, got {raw!r}")
+        raise BadParameter(name, "expected 1 or 0 (or true or false)")
     return raw in ("1", "true")
 
 
@@ -77,7 +85,7 @@ def _updates(query: Mapping[str, str]) -> bool:
     """`updates=patch` (True) or `updates=full` / absent (False)."""
     raw = query.get("updates", "").strip().lower()
     if raw not in ("", "full", "patch"):
-        raise BadParameter("updates", f"expected full or patch, got {raw!r}")
+        raise BadParameter("updates", "expected full or patch")
     return raw == "patch"
 
 
@@ -96,7 +104,7 @@ def parse_view(query: Mapping[str, str]) -> View:
         )
     except BadFilter as exc:
         name = next(n for n, f in VIEW_PARAMETERS.items() if f == exc.field)
-        raise BadParameter(name, str(exc)) from None
+        raise BadParameter(name, exc.problem) from None
 
 
 def parse_stream_request(query: Mapping[str, str]) -> StreamRequest:
