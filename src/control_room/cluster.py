@@ -292,12 +292,19 @@ class Cluster:
         except Exception:  # e.g. fenced while starting: never let the election end
             log.exception("Leading failed")
         finally:
-            await stop_tasks(tasks, broker.shared_clients)
-            if notifier is not None:
-                await notifier.stop()  # saves cursors while the token is still ours
-            broker.token = None
-            self.term = None
-            self.led_since = None
+            # Each step runs even if the one before is cancelled (a stop cancels this task
+            # again when it has not ended within STOP_GRACE_S): a skipped notifier.stop
+            # would leave its HTTP connections open.
+            try:
+                await stop_tasks(tasks, broker.shared_clients)
+            finally:
+                try:
+                    if notifier is not None:
+                        await notifier.stop()  # saves cursors while the token is still ours
+                finally:
+                    broker.token = None
+                    self.term = None
+                    self.led_since = None
             self._metrics.leader.set(0)
             self._state.health = UpstreamHealth(
                 baseline_done=broker.ready, broker_error=broker.error

@@ -292,12 +292,14 @@ class Notifier:
         """
         await cancel_and_wait(self._tasks)
         self._tasks = []
-        if self._store is not None:
-            for ep in self.endpoints:  # progress not yet written: spare the receiver a resend
-                await self._save_cursor(ep, self._store)
-        if self._http is not None:
-            await self._http.close()
-            self._http = None
+        try:
+            if self._store is not None:
+                for ep in self.endpoints:  # progress not yet written: spare the receiver a resend
+                    await self._save_cursor(ep, self._store)
+        finally:  # a store that fails (or a stop cancelled) must not leak the connections
+            if self._http is not None:
+                await self._http.close()
+                self._http = None
         pending = self.pending()
         if pending:
             if self.persistent:
