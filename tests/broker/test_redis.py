@@ -207,3 +207,21 @@ async def test_a_node_whose_last_entries_were_rewritten_starts_a_new_epoch() -> 
         finally:
             for broker in brokers:
                 await broker.stop()
+
+
+async def test_a_baseline_read_after_later_deltas_is_adopted_where_the_node_is(
+    node: Node,
+) -> None:
+    leader, _, _ = await node()
+    follower, sink, resets = await node()
+    await lead(leader)
+    assert follower._reader is not None
+    await stop_tasks([follower._reader], follower.clients)  # busy elsewhere meanwhile
+    await leader.save_baseline({"x": session("x", "COMPLETED")})
+    await leader.publish(Batch(leader.stamp(changes("a"), TS)))
+    await leader.publish(Batch(leader.stamp(changes("x", kind="deleted"), TS)))
+    follower._reader = asyncio.create_task(follower._read_forever())
+    await until(lambda: follower.position.seq == 2)
+    # The snapshot as of seq 0 (the deltas since undone), then both deltas: no gap.
+    assert resets[-1] == ("baseline", {"x": session("x", "COMPLETED")})
+    assert [[e.seq for e in b.entries] for b in sink.batches] == [[1], [2]]

@@ -22,7 +22,7 @@ from control_room.broker import redis as redis_broker
 from control_room.broker.base import BrokerUnavailable
 from control_room.jules.simulator import Simulator
 from tests.cluster.conftest import NodeFactory, following, leading, until
-from tests.conftest import MS, connect
+from tests.conftest import MS, TOKEN, connect
 from tests.redis_server import PrivateRedis, private_redis
 
 DELTAS = ("created", "updated", "deleted")
@@ -176,3 +176,47 @@ async def test_redis_restored_from_an_older_snapshot_starts_a_new_epoch(
     # The sessions the restored snapshot lacked are announced in the new epoch, once.
     history = await b.broker.history(0)
     assert [e.type for e in history] == ["created"] * 3 and renewed.seq == 3
+
+
+async def test_a_flushed_redis_resets_every_client_once_then_misses_nothing(
+    http: aiohttp.ClientSession,
+    make_node: NodeFactory,
+    sim: Simulator,
+    server: PrivateRedis,
+    clients: list[Client],
+) -> None:
+    a = await make_node(redis_url=server.url)
+    await leading(a)
+    b = await make_node(redis_url=server.url)
+    await following(b)
+    epoch = a.broker.position.epoch
+    start(http, clients, a)
+    start(http, clients, b)
+    sim.create()
+    await poll_once(a)
+    await until(lambda: all(c.seq == 1 for c in clients))
+
+    redis.Redis(port=server.port).flushall()  # Redis lost everything, nodes running
+    leader = await new_leader([a, b], epoch)
+    # The leader publishes right after its baseline, before the other node's reader (blocked
+    # in XREAD for up to a second) has seen the baseline: it must still deliver seq 1.
+    sim.create()
+    await poll_once(leader)
+    sim.create()
+    await poll_once(leader)
+    renewed = leader.broker.position
+    assert renewed.epoch != epoch and renewed.seq == 2
+    await until(lambda: all(c.epoch == renewed.epoch and c.seq == renewed.seq for c in clients))
+
+    for client in clients:
+        [reset] = client.resets
+        assert (reset["reason"], reset["epoch"]) == ("epoch_changed", renewed.epoch)
+        assert client.seqs(renewed.epoch) == list(range(reset["seq"] + 1, renewed.seq + 1))
+    one_content_per_position(clients)
+    for node in (a, b):
+        async with http.get(
+            node.url + "/api/deltas?since=0", headers={"Authorization": f"Bearer {TOKEN}"}
+        ) as resp:
+            body = await resp.json()
+        assert [d["seq"] for d in body["deltas"]] == [1, 2], node.url
+        assert len(node.state.sessions) == 3  # the baseline's one and the two created since

@@ -87,6 +87,7 @@ log = logs.get("broker")
 _route_type = tuple[tuple[str, str] | None, tuple[str, str] | None]
 _route_decoder: Final = msgspec.json.Decoder(_route_type)
 _session_decoder: Final = msgspec.json.Decoder(JulesSession)
+_delta_decoder: Final = msgspec.json.Decoder(SessionDelta)
 
 # --- scripts ------------------------------------------------------------------------------
 
@@ -360,7 +361,9 @@ ResetHandler = Callable[[Snapshot, bool, str], None]
 """Called (synchronously) when this node adopts the shared state anew: the sessions, whether a
 baseline exists, and why (`start`, `baseline`, `epoch_changed`, `gap`, `rolled_back`)."""
 QUIET_RESETS: Final = ("start", "baseline")
-"""Resets that lose nothing a client saw: the state is adopted, clients stay connected."""
+"""Resets that lose nothing a client saw: the state is adopted, clients stay connected. A
+baseline is adopted at the position this node has delivered (see `_adopt_baseline`), so the
+stream after it reaches clients whole."""
 ROLLED_BACK: Final = "rolled_back"
 """The shared history went back behind what this node delivered or published (Redis restarted
 from an older RDB or AOF, an asynchronous replica promoted): a new epoch starts."""
@@ -784,6 +787,40 @@ class RedisBroker:
             )
         self.on_reset(sessions, ready, reason)
 
+    async def _adopt_baseline(self) -> None:
+        """Adopt the leader's first complete listing *at the position delivered here*.
+
+        The leader may already have published after its baseline; the shared snapshot then
+        includes those deltas. Adopting it as it is would move this node past them without
+        delivering them, and a client that was `reset` into this epoch would miss them (a
+        silent gap). So the deltas in between are undone on the snapshot (each carries its
+        `before`), and the next read delivers them as usual.
+        """
+        position, _, ready, sessions = await self._load()
+        p = self._position
+        if position.epoch != p.epoch:
+            await self._resync("epoch_changed")
+            return
+        if not ready:  # a newer baseline is being written in parts: wait for it whole
+            return
+        if position.seq > p.seq:
+            key = self.keys.stream(p.epoch, SESSIONS)
+            rows: Any = await self._stream_redis.xrange(
+                key, min=f"{p.seq + 1}-0", max=f"{position.seq}-0"
+            )
+            if len(rows) != position.seq - p.seq:  # trimmed already: cannot be undone
+                await self._resync("gap")
+                return
+            for stream_id, fields in reversed(rows):
+                delta = _entry(SESSIONS, stream_id, fields)
+                before = _delta_decoder.decode(delta.payload).before
+                if before is None:
+                    sessions.pop(delta.session_id, None)
+                else:
+                    sessions[delta.session_id] = before
+        self.ready = True
+        self.on_reset(sessions, True, "baseline")
+
     async def _read_forever(self) -> None:
         """Read and deliver until cancelled; a failing Redis is retried with backoff."""
         failures = 0
@@ -840,7 +877,7 @@ class RedisBroker:
             await self._roll_over(epoch, _int(head[1]))
             return
         if not self.ready and head[3] == b"1":
-            await self._resync("baseline")
+            await self._adopt_baseline()
             return
         if found:
             await self._deliver_read(found)
