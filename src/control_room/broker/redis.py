@@ -76,6 +76,11 @@ DELIVERY_WAIT_S: Final = 2.0
 """How long `publish` waits for this node's own reader to deliver the batch. It normally
 takes a round trip; waiting longer would hold the poller up while Redis is failing, and the
 batch is published either way."""
+REACH_WAIT_S: Final = 1.0
+"""How long a client's resume (or `/api/deltas`) ahead of this node waits for the node's
+reader when the shared stream already holds that position: a reader is normally a round trip
+behind, a second covers a busy node; longer would hold a reconnect storm's handshakes up."""
+REACH_POLL_S: Final = 0.005  # how often that wait looks at the delivered position
 MAX_READ_BACKOFF_S: Final = 5.0
 """The reader retries a failing Redis at most this far apart: soon back once Redis is."""
 STOP_GRACE_S: Final = 0.2  # a cancelled Redis call ends at once, unless redis-py lost the cancel
@@ -510,6 +515,37 @@ class RedisBroker:
     def add_sink(self, sink: Sink) -> None:
         """Deliver every later batch read from the streams to `sink`."""
         self._sinks.append(sink)
+
+    def _reached(self, seq: int, activities_seq: int | None) -> bool:
+        p = self._position
+        return p.seq >= seq and (activities_seq is None or p.activities_seq >= activities_seq)
+
+    async def reach(self, seq: int, activities_seq: int | None = None) -> None:
+        """Wait (at most REACH_WAIT_S) until this node has delivered up to the position, when
+        the shared stream holds it: a client that read it on a node ahead of this one is not
+        ahead of the cluster. Returns at once when Redis has not got there either (or does
+        not answer): the caller then treats the position as ahead of the server."""
+        if self._reached(seq, activities_seq):
+            return
+        epoch = self._position.epoch
+        try:
+            head: list[Any] = await self.redis.hmget(self.keys.position, ["epoch", "seq", "aseq"])
+        except REDIS_ERRORS:
+            return
+        shared = Position(head[0].decode() if head[0] is not None else "", *map(_int, head[1:]))
+        if shared.epoch != epoch or shared.seq < seq:
+            return
+        if activities_seq is not None and shared.activities_seq < activities_seq:
+            return
+        deadline = time.monotonic() + REACH_WAIT_S
+        while not self._reached(seq, activities_seq) and self._position.epoch == epoch:
+            if time.monotonic() > deadline:
+                log.warning(
+                    "This node's reader is behind a resuming client's position",
+                    extra={"seq": seq, "deliveredSeq": self._position.seq, "sharedSeq": shared.seq},
+                )
+                return
+            await asyncio.sleep(REACH_POLL_S)
 
     async def publish(self, batch: Batch) -> None:
         """Append the batch to the shared streams in one script; return once delivered here.
