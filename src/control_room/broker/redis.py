@@ -953,7 +953,10 @@ class RedisBroker:
             self.keys.stream(epoch, SESSIONS),
             self.keys.stream(epoch, ACTIVITIES),
         ]
-        await self._scripts["roll_over"](keys=keys, args=[epoch, new])
+        current: bytes | None = await self._scripts["roll_over"](keys=keys, args=[epoch, new])
+        if current is not None and current.decode() != new:  # another node was first
+            await self._resync("epoch_changed")
+            return
         p = self._position
         log.error(
             "Shared history went back behind this node; a new epoch starts",
