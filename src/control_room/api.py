@@ -382,6 +382,9 @@ class Api:
         except BadParameter as exc:
             return json_error(400, "bad_request", parameter=exc.parameter, message=str(exc))
         if since > position.seq:
+            await self._broker.reach(since)  # a lagging cluster node catches up first
+            position = self._broker.position
+        if since > position.seq:
             # The server is behind the client (a store restored from a backup): what the
             # client holds cannot be trusted, so it reloads, as for expired history.
             return json_error(

@@ -321,6 +321,7 @@ class Service:
             # The node id names the bound port (PORT=0 picks one); then join the cluster.
             if not s.node_id:
                 self.cluster.node_id = f"{socket.gethostname()}:{self.port}"
+            logs.set_node(self.cluster.node_id)  # the lines of several nodes, told apart
             await self.cluster.start()
         if self.poller is not None:
             self._tasks.append(asyncio.create_task(self.poller.run(), name="poller"))

@@ -14,6 +14,7 @@ clock (counted from when it *sent* the last successful renewal, which is conserv
 from __future__ import annotations
 
 import asyncio
+import secrets
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -30,15 +31,26 @@ RETRY_SHARE: Final = 1 / 10
 """A follower tries to take the lease at least this often, and also the moment the holder's
 lease runs out (it is told when): a killed leader is replaced one lease after its last renewal."""
 EXPIRY_MARGIN_S: Final = 0.002  # try just after the lease's end, not just before it
+INSTANCE_MARK: Final = "#"  # in the lease's value: `<node id>#<process instance> <token>`
 
 log = logs.get("leader")
 
 _ACQUIRE: Final = """
--- KEYS: leader, fence, fence counter, position; ARGV: node id, lease ms
+-- KEYS: leader, fence, fence counter, position; ARGV: holder (node id and instance), lease ms
 local epoch = redis.call('HGET', KEYS[4], 'epoch')
 if not epoch then return -3 end
-local left = redis.call('PTTL', KEYS[1])
-if left ~= -2 then return left end  -- held: how long until it runs out (ms)
+local held = redis.call('GET', KEYS[1])
+if held then
+  local prefix = ARGV[1] .. ' '
+  if string.sub(held, 1, #prefix) == prefix and redis.call('GET', KEYS[2]) ==
+      string.sub(held, #prefix + 1) then
+    -- Ours already: the reply to our last attempt was lost. Take it up again, for a
+    -- whole lease from now, rather than leave the cluster leaderless until it runs out.
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    return string.sub(held, #prefix + 1)
+  end
+  return redis.call('PTTL', KEYS[1])  -- another's: how long until it runs out (ms)
+end
 local token = epoch .. ':' .. redis.call('INCR', KEYS[3])
 redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. token, 'NX', 'PX', ARGV[2])
 redis.call('SET', KEYS[2], token)
@@ -81,6 +93,9 @@ class Lease:
         self._keys = keys
         self.node_id = node_id
         self.lease = lease
+        # Which process holds the lease, not only which node id: two processes started with
+        # the same NODE_ID by mistake must never take up each other's lease as their own.
+        self._holder = f"{node_id}{INSTANCE_MARK}{secrets.token_hex(4)}"
         self._scripts: dict[str, Any] = {
             name: redis.register_script(text)
             for name, text in (("acquire", _ACQUIRE), ("renew", _RENEW), ("release", _RELEASE))
@@ -91,7 +106,7 @@ class Lease:
         return max(1, int(self.lease * 1000))
 
     def _value(self, token: str) -> str:
-        return f"{self.node_id} {token}"
+        return f"{self._holder} {token}"
 
     async def acquire(self) -> str | None:
         """Take the lease if it is free: the new fencing token, or None (held, or no history).
@@ -103,7 +118,11 @@ class Lease:
 
     async def try_acquire(self) -> tuple[str | None, float | None]:
         """Take the lease if it is free: (token, None), or (None, seconds until the holder's
-        lease runs out; None when that is unknown). Raises one of REDIS_ERRORS."""
+        lease runs out; None when that is unknown). Raises one of REDIS_ERRORS.
+
+        Idempotent: if an earlier call took the lease but its reply was lost (a timeout, a
+        dropped connection), the next call finds it held by this very process and returns
+        its token, the lease renewed from now, so the caller's clock stays conservative."""
         found = await self._scripts["acquire"](
             keys=[
                 self._keys.leader,
@@ -111,7 +130,7 @@ class Lease:
                 self._keys.fence_counter,
                 self._keys.position,
             ],
-            args=[self.node_id, self._ms],
+            args=[self._holder, self._ms],
         )
         if isinstance(found, bytes):
             return found.decode(), None
@@ -133,7 +152,8 @@ class Lease:
         value: Any = await self._redis.get(self._keys.leader)
         if value is None:
             return None
-        node, _, token = value.decode().rpartition(" ")
+        holder, _, token = value.decode().rpartition(" ")
+        node = holder.rpartition(INSTANCE_MARK)[0] or holder
         try:
             return Holder(node, fence_number(token))
         except ValueError:

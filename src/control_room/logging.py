@@ -49,6 +49,8 @@ LIBRARY_MESSAGE_MAX_CHARS: Final = 300
 TRACEBACK_MAX_CHARS: Final = 8_000
 """A traceback of the service's own failure is kept whole up to this size."""
 REDACTED: Final = "***"
+NODE_FIELD: Final = "nodeId"
+"""The field naming the cluster node a line comes from (`set_node`)."""
 CLIENT_ERRORS: Final = (
     HttpProcessingError,
     ConnectionError,
@@ -133,11 +135,17 @@ class JsonFormatter(logging.Formatter):
 
 
 class ConsoleFormatter(logging.Formatter):
-    """`12:00:01 info  Broadcasting session delta type=updated sessionId=…` for humans."""
+    """`12:00:01 info  Broadcasting session delta type=updated sessionId=…` for humans; a
+    cluster node's lines begin with its id (`12:00:01 [node-2] info …`), so the lines of
+    several nodes sharing one terminal (`make cluster`) can be told apart."""
 
     def format(self, record: logging.LogRecord) -> str:
         stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
-        fields = " ".join(f"{k}={v}" for k, v in _fields(record).items())
+        found = _fields(record)
+        node = found.pop(NODE_FIELD, None)
+        if node is not None:
+            stamp = f"{stamp} [{node}]"
+        fields = " ".join(f"{k}={v}" for k, v in found.items())
         text = f"{stamp} {record.levelname.lower():<7} {record.getMessage()}"
         if fields:
             text = f"{text}  {fields}"
@@ -194,6 +202,31 @@ class _RateLimit:
             while len(self._buckets) > MAX_RATE_KEYS:
                 self._buckets.popitem(last=False)
         return allowed, suppressed
+
+
+class _Node(logging.Filter):
+    """Names this process's cluster node on every line (`nodeId`), once it is known."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.node_id: str | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Always True: the record only gains the field (a line's own `nodeId` stays)."""
+        if self.node_id is not None and NODE_FIELD not in record.__dict__:
+            setattr(record, NODE_FIELD, self.node_id)
+        return True
+
+
+_node: Final = _Node()
+
+
+def set_node(node_id: str | None) -> None:
+    """Put `node_id` on every later line of this process (None: no node named).
+
+    One process is one node; nodes run in one process (tests) share the last name set.
+    """
+    _node.node_id = node_id
 
 
 class Guard(logging.Filter):
@@ -259,6 +292,7 @@ def configure(level: str = "info", fmt: str = "json") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else ConsoleFormatter())
     handler.addFilter(Guard())
+    handler.addFilter(_node)
     ours = logging.getLogger(ROOT)
     ours.handlers[:] = [handler]
     ours.setLevel(level.upper())

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
+import redis
 from prometheus_client import CollectorRegistry
 
 from control_room.broker.base import Batch, Fenced
@@ -17,7 +18,7 @@ from tests.broker.conftest import Recorder, lead
 from tests.broker.test_contract import TS, changes
 from tests.conftest import MS
 from tests.factories import session
-from tests.redis_server import drop_prefix
+from tests.redis_server import drop_prefix, private_redis
 
 Node = Callable[..., Awaitable[tuple[RedisBroker, Recorder, list[tuple[str, Snapshot]]]]]
 
@@ -153,3 +154,74 @@ async def test_a_reader_that_fell_behind_the_window_reloads_instead_of_skipping(
     await until(lambda: follower.position.seq == 4)
     assert sink.batches == [] and resets[-1][0] == "gap"
     assert sorted(resets[-1][1]) == ["a", "b", "c", "d"]
+
+
+async def test_a_node_whose_last_entries_were_rewritten_starts_a_new_epoch() -> None:
+    # Redis comes back from an older RDB, and a node that never saw what was lost (a fresh
+    # process) leads and numbers from the restored head: the shared seq is where a
+    # follower was, but the entries under it are others. The follower must not go on.
+    with private_redis() as server:
+        brokers: list[RedisBroker] = []
+
+        async def start(
+            resets: list[str] | None = None,
+        ) -> tuple[RedisBroker, Recorder]:
+            broker = RedisBroker(server.url, "p", 100, ClusterMetrics(CollectorRegistry()))
+            if resets is not None:
+                broker.on_reset = lambda sessions, ready, reason: resets.append(reason)
+            sink = Recorder()
+            broker.add_sink(sink)
+            await broker.start()
+            brokers.append(broker)
+            return broker, sink
+
+        try:
+            old, _ = await start()
+            resets: list[str] = []
+            follower, seen = await start(resets)
+            await lead(old)
+            await old.publish(Batch(old.stamp(changes("a", "b"), TS)))
+            await until(lambda: follower.position.seq == 2)
+            redis.Redis(port=server.port).save()
+            await old.publish(Batch(old.stamp(changes("c", "d"), TS)))
+            await until(lambda: follower.position.seq == 4)
+            epoch = follower.position.epoch
+            assert follower._reader is not None
+            await stop_tasks([follower._reader], follower.clients)  # asleep meanwhile
+            await old.stop()
+            server.kill()
+            server.start()
+            fresh, _ = await start()
+            await fresh.redis.delete(fresh.keys.leader)  # the old lease ran out
+            await lead(fresh)
+            assert fresh.position.seq == 2
+            await fresh.publish(Batch(fresh.stamp(changes("x", "y"), TS)))  # seqs 3, 4 again
+            follower._reader = asyncio.create_task(follower._read_forever())
+            await until(lambda: follower.position.epoch != epoch)
+            assert resets[-1] == "rolled_back" and follower.position.seq == 0
+            delivered = [e.session_id for b in seen.batches for e in b.entries]
+            assert delivered == ["a", "b", "c", "d"]  # never x, y under seqs 3, 4
+            await until(lambda: fresh.position.epoch == follower.position.epoch)
+            with pytest.raises(Fenced):  # its token names the old epoch
+                await fresh.publish(Batch(fresh.stamp(changes("z"), TS)))
+        finally:
+            for broker in brokers:
+                await broker.stop()
+
+
+async def test_a_baseline_read_after_later_deltas_is_adopted_where_the_node_is(
+    node: Node,
+) -> None:
+    leader, _, _ = await node()
+    follower, sink, resets = await node()
+    await lead(leader)
+    assert follower._reader is not None
+    await stop_tasks([follower._reader], follower.clients)  # busy elsewhere meanwhile
+    await leader.save_baseline({"x": session("x", "COMPLETED")})
+    await leader.publish(Batch(leader.stamp(changes("a"), TS)))
+    await leader.publish(Batch(leader.stamp(changes("x", kind="deleted"), TS)))
+    follower._reader = asyncio.create_task(follower._read_forever())
+    await until(lambda: follower.position.seq == 2)
+    # The snapshot as of seq 0 (the deltas since undone), then both deltas: no gap.
+    assert resets[-1] == ("baseline", {"x": session("x", "COMPLETED")})
+    assert [[e.seq for e in b.entries] for b in sink.batches] == [[1], [2]]

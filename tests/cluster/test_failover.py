@@ -149,6 +149,14 @@ async def test_killing_and_pausing_the_leader_loses_and_repeats_nothing(
         stats = await second.stats(http, TOKEN)
         assert stats["cluster"]["isLeader"] is False and stats["cluster"]["leader"] == third.name
         assert "Stopped leading" in second.log.read_text()
+        for node in nodes:
+            # Once a node knows its id, every line it writes carries it (`make cluster` runs
+            # the nodes in one terminal).
+            lines = [msgspec.json.decode(line) for line in node.log.read_text().splitlines()]
+            listening = next(
+                i for i, line in enumerate(lines) if line["msg"] == "Service listening"
+            )
+            assert {line.get("nodeId") for line in lines[listening:]} == {node.name}
     finally:
         for client in clients if "clients" in locals() else []:
             if client.task is not None:

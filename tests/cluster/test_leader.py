@@ -83,3 +83,21 @@ async def test_no_lease_without_a_shared_history(redis_url: str, redis_prefix: s
         assert await lease(redis, redis_prefix + "-empty", "a", 10.0).acquire() is None
     finally:
         await redis.aclose()
+
+
+async def test_a_lease_whose_reply_was_lost_is_taken_up_again_by_its_holder(
+    client: aioredis.Redis, redis_prefix: str
+) -> None:
+    a = lease(client, redis_prefix, "a", 10.0)
+    lost = await a.acquire()  # Redis took it, but say the reply never reached the node
+    assert lost is not None
+    await client.pexpire(Keys(redis_prefix).leader, 5_000)  # some of the lease has passed
+    again, _ = await a.try_acquire()
+    assert again == lost  # the same term, not a leaderless lease until it runs out
+    assert await client.pttl(Keys(redis_prefix).leader) > 9_000  # a whole lease from now
+    # Another process started with the same node id by mistake is not that holder.
+    twin = lease(client, redis_prefix, "a", 10.0)
+    token, left = await twin.try_acquire()
+    assert token is None and left is not None and left > 9.0
+    holder = await twin.holder()
+    assert holder is not None and (holder.node_id, holder.fence) == ("a", 1)

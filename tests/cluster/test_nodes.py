@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -256,3 +257,40 @@ async def test_a_cluster_on_postgresql_continues_the_stores_history(
     sim.create()
     await poller(b).poll_once()
     assert (await receive_json(ws))["seq"] == 3
+
+
+async def test_a_resume_from_a_node_further_along_waits_for_this_nodes_reader(
+    http: aiohttp.ClientSession, make_node: NodeFactory, sim: Simulator
+) -> None:
+    a = await make_node()
+    leader = await leading(a)
+    b = await make_node()
+    await following(b)
+    reader = b.broker._reader
+    assert reader is not None
+    await redis_broker.stop_tasks([reader], b.broker.clients)  # b's reader lags...
+    sim.create()
+    sim.create()
+    await leader.poll_once()
+    epoch = a.broker.position.epoch
+    assert (a.broker.position.seq, b.broker.position.seq) == (2, 0)
+
+    async def resume_reading() -> None:
+        await asyncio.sleep(200 * MS)
+        b.broker._reader = asyncio.create_task(b.broker._read_forever())
+
+    # ...while a client that read seq 2 on node a resumes on b, and asks b's /api/deltas.
+    waking = asyncio.create_task(resume_reading())
+    ws = await connect(http, b, f"?since=2&epoch={epoch}")
+    await waking
+    deltas = await get(http, b, "/api/deltas?since=2")
+    assert deltas["deltas"] == []
+    sim.create()
+    await leader.poll_once()
+    assert (await receive_json(ws))["seq"] == 3  # live from where it was: no reset
+    # A position the cluster never reached is still ahead of the server, and said at once.
+    started = time.perf_counter()
+    ahead = await connect(http, b, f"?since=99&epoch={epoch}")
+    reset = await receive_json(ahead)
+    assert (reset["type"], reset["reason"]) == ("reset", "ahead_of_server")
+    assert time.perf_counter() - started < redis_broker.REACH_WAIT_S

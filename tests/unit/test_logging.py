@@ -19,6 +19,7 @@ def captured() -> Iterator[io.StringIO]:
     root, ours = logging.getLogger(), logging.getLogger(logs.ROOT)
     saved = (root.handlers[:], root.level, ours.handlers[:], ours.level, ours.propagate)
     stream = io.StringIO()
+    logs.set_node(None)  # an in-process cluster test may have named one
     logs.configure("info", "json")
     for logger in (root, ours):
         handler = logger.handlers[0]
@@ -28,6 +29,7 @@ def captured() -> Iterator[io.StringIO]:
     root.handlers[:], root.level = saved[0], saved[1]
     ours.handlers[:], ours.level, ours.propagate = saved[2], saved[3], saved[4]
     logging.captureWarnings(False)
+    logs.set_node(None)
 
 
 def lines(stream: io.StringIO) -> list[dict[str, object]]:
@@ -95,3 +97,15 @@ def test_the_services_own_events_are_not_rate_limited(captured: io.StringIO) -> 
 def test_warnings_go_through_the_same_handler(captured: io.StringIO) -> None:
     logging.getLogger("py.warnings").warning("a DeprecationWarning text")
     assert lines(captured)[0]["logger"] == "py.warnings"
+
+
+def test_a_cluster_nodes_lines_name_the_node(captured: io.StringIO) -> None:
+    logs.set_node("node-2")
+    logs.get("cluster").info("Leading", extra={"fence": 3})
+    logs.get("cluster").info("Stopped leading", extra={"nodeId": "node-9"})  # its own stays
+    assert [(line["msg"], line["nodeId"]) for line in lines(captured)] == [
+        ("Leading", "node-2"),
+        ("Stopped leading", "node-9"),
+    ]
+    record = logging.makeLogRecord({"msg": "Leading", "levelname": "INFO", "nodeId": "node-2"})
+    assert " [node-2] info    Leading" in logs.ConsoleFormatter().format(record)

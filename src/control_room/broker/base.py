@@ -261,6 +261,12 @@ class Broker(Protocol):
     def add_sink(self, sink: Sink) -> None:
         """Deliver every later batch to `sink`."""
 
+    async def reach(self, seq: int, activities_seq: int | None = None) -> None:
+        """Return once this process has delivered up to `seq` (and `activities_seq`) if the
+        shared stream already holds them, waiting a bounded time for a lagging reader; at
+        once when they were never published. A client's position ahead of `position` after
+        this is ahead of the whole service (e.g. its history was restored from a backup)."""
+
     async def history(
         self,
         since: int,

@@ -133,6 +133,9 @@ class MemoryBroker:
         """Deliver every later batch to `sink` (in the order sinks were added)."""
         self._sinks.append(sink)
 
+    async def reach(self, seq: int, activities_seq: int | None = None) -> None:
+        """Nothing to wait for: one process delivers as it publishes."""
+
     def history_now(
         self,
         since: int,

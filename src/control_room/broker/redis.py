@@ -76,6 +76,11 @@ DELIVERY_WAIT_S: Final = 2.0
 """How long `publish` waits for this node's own reader to deliver the batch. It normally
 takes a round trip; waiting longer would hold the poller up while Redis is failing, and the
 batch is published either way."""
+REACH_WAIT_S: Final = 1.0
+"""How long a client's resume (or `/api/deltas`) ahead of this node waits for the node's
+reader when the shared stream already holds that position: a reader is normally a round trip
+behind, a second covers a busy node; longer would hold a reconnect storm's handshakes up."""
+REACH_POLL_S: Final = 0.005  # how often that wait looks at the delivered position
 MAX_READ_BACKOFF_S: Final = 5.0
 """The reader retries a failing Redis at most this far apart: soon back once Redis is."""
 STOP_GRACE_S: Final = 0.2  # a cancelled Redis call ends at once, unless redis-py lost the cancel
@@ -87,12 +92,13 @@ log = logs.get("broker")
 _route_type = tuple[tuple[str, str] | None, tuple[str, str] | None]
 _route_decoder: Final = msgspec.json.Decoder(_route_type)
 _session_decoder: Final = msgspec.json.Decoder(JulesSession)
+_delta_decoder: Final = msgspec.json.Decoder(SessionDelta)
 
 # --- scripts ------------------------------------------------------------------------------
 
 _PUBLISH: Final = """
 -- KEYS: position, snapshot, fence, sessions stream, activities stream
--- ARGV: token, epoch, maxlen, deltas, activities, then 5 per delta (seq, id, payload,
+-- ARGV: token, epoch, maxlen, deltas, activities, nonce, then 5 per delta (seq, id, payload,
 --       route, session JSON or '' when deleted) and 4 per activity (seq, id, payload, route)
 if redis.call('GET', KEYS[3]) ~= ARGV[1] then
   return redis.error_reply('FENCED another node leads now')
@@ -103,7 +109,7 @@ if pos[1] ~= ARGV[2] then
 end
 local nd, na = tonumber(ARGV[4]), tonumber(ARGV[5])
 local seq, aseq = tonumber(pos[2]), tonumber(pos[3])
-local first = 6
+local first = 7
 for d = 0, nd - 1 do
   if tonumber(ARGV[first + d * 5]) ~= seq + d + 1 then
     return redis.error_reply(
@@ -126,7 +132,8 @@ local keep_a = math.max(tonumber(ARGV[3]), na)
 for d = 0, nd - 1 do
   local i = first + d * 5
   redis.call('XADD', KEYS[4], 'MAXLEN', keep_d, ARGV[i] .. '-0',
-    'b', batch, 'c', size, 't', ms, 'i', ARGV[i + 1], 'p', ARGV[i + 2], 'r', ARGV[i + 3])
+    'b', batch, 'c', size, 't', ms, 'n', ARGV[6],
+    'i', ARGV[i + 1], 'p', ARGV[i + 2], 'r', ARGV[i + 3])
   if ARGV[i + 4] == '' then
     redis.call('HDEL', KEYS[2], ARGV[i + 1])
   else
@@ -136,7 +143,8 @@ end
 for a = 0, na - 1 do
   local i = afirst + a * 4
   redis.call('XADD', KEYS[5], 'MAXLEN', keep_a, ARGV[i] .. '-0',
-    'b', batch, 'c', size, 't', ms, 'i', ARGV[i + 1], 'p', ARGV[i + 2], 'r', ARGV[i + 3])
+    'b', batch, 'c', size, 't', ms, 'n', ARGV[6],
+    'i', ARGV[i + 1], 'p', ARGV[i + 2], 'r', ARGV[i + 3])
 end
 redis.call('HSET', KEYS[1], 'seq', seq + nd, 'aseq', aseq + na, 'batch', batch)
 return batch
@@ -173,6 +181,21 @@ redis.call('DEL', KEYS[2])
 redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'seq', ARGV[2], 'aseq', ARGV[3],
   'batch', '0', 'baseline', ARGV[4])
 return ARGV[1]
+"""
+
+_ROLL_OVER: Final = """
+-- KEYS: position, webhooks, fence, leader, the old epoch's sessions and activities streams
+-- ARGV: the epoch that went back, the new epoch. Only while the old epoch is still current
+-- (another node may have rolled over first). The snapshot and the baseline flag stay: the
+-- snapshot is consistent with the position Redis kept, and the new epoch starts from it.
+-- The lease and the fencing token go: the leader's poller diffs against what it published,
+-- not against this snapshot, so it must not publish again before it is elected anew.
+if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then
+  return redis.call('HGET', KEYS[1], 'epoch')
+end
+redis.call('HSET', KEYS[1], 'epoch', ARGV[2], 'seq', '0', 'aseq', '0', 'batch', '0')
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6])
+return ARGV[2]
 """
 
 _SEED: Final = """
@@ -343,7 +366,12 @@ ResetHandler = Callable[[Snapshot, bool, str], None]
 """Called (synchronously) when this node adopts the shared state anew: the sessions, whether a
 baseline exists, and why (`start`, `baseline`, `epoch_changed`, `gap`, `rolled_back`)."""
 QUIET_RESETS: Final = ("start", "baseline")
-"""Resets that lose nothing a client saw: the state is adopted, clients stay connected."""
+"""Resets that lose nothing a client saw: the state is adopted, clients stay connected. A
+baseline is adopted at the position this node has delivered (see `_adopt_baseline`), so the
+stream after it reaches clients whole."""
+ROLLED_BACK: Final = "rolled_back"
+"""The shared history went back behind what this node delivered or published (Redis restarted
+from an older RDB or AOF, an asynchronous replica promoted): a new epoch starts."""
 
 
 @dataclass
@@ -353,6 +381,7 @@ class _Read:
     batch: int
     size: tuple[int, int]  # (deltas, activities) in the whole batch
     published_ms: int
+    nonce: bytes  # the publish call's: the same seq rewritten by another publish differs
     entry: Entry
 
 
@@ -380,6 +409,11 @@ class RedisBroker:
         self._blocking: aioredis.Redis | None = None
         self._position = Position("", 0, 0)
         self._batch = 0  # the last batch number delivered here
+        # The last entry delivered here per channel, (seq, nonce): if the shared stream later
+        # holds another entry at that seq, history was rewritten under this node.
+        self._last: dict[Channel, tuple[int, bytes]] = {}
+        # The leader's last successful publish: Redis is behind it only if it lost data.
+        self._published: Position | None = None
         self.ready = False
         """True once a baseline exists in the shared snapshot (the cluster has sessions)."""
         self._sinks: list[Sink] = []
@@ -439,6 +473,7 @@ class RedisBroker:
             ("baseline", _BASELINE),
             ("init", _INIT),
             ("seed", _SEED),
+            ("roll_over", _ROLL_OVER),
             ("cursor", _SET_CURSOR),
         ):
             self._scripts[name] = self._redis.register_script(text)
@@ -481,6 +516,37 @@ class RedisBroker:
         """Deliver every later batch read from the streams to `sink`."""
         self._sinks.append(sink)
 
+    def _reached(self, seq: int, activities_seq: int | None) -> bool:
+        p = self._position
+        return p.seq >= seq and (activities_seq is None or p.activities_seq >= activities_seq)
+
+    async def reach(self, seq: int, activities_seq: int | None = None) -> None:
+        """Wait (at most REACH_WAIT_S) until this node has delivered up to the position, when
+        the shared stream holds it: a client that read it on a node ahead of this one is not
+        ahead of the cluster. Returns at once when Redis has not got there either (or does
+        not answer): the caller then treats the position as ahead of the server."""
+        if self._reached(seq, activities_seq):
+            return
+        epoch = self._position.epoch
+        try:
+            head: list[Any] = await self.redis.hmget(self.keys.position, ["epoch", "seq", "aseq"])
+        except REDIS_ERRORS:
+            return
+        shared = Position(head[0].decode() if head[0] is not None else "", *map(_int, head[1:]))
+        if shared.epoch != epoch or shared.seq < seq:
+            return
+        if activities_seq is not None and shared.activities_seq < activities_seq:
+            return
+        deadline = time.monotonic() + REACH_WAIT_S
+        while not self._reached(seq, activities_seq) and self._position.epoch == epoch:
+            if time.monotonic() > deadline:
+                log.warning(
+                    "This node's reader is behind a resuming client's position",
+                    extra={"seq": seq, "deliveredSeq": self._position.seq, "sharedSeq": shared.seq},
+                )
+                return
+            await asyncio.sleep(REACH_POLL_S)
+
     async def publish(self, batch: Batch) -> None:
         """Append the batch to the shared streams in one script; return once delivered here.
 
@@ -500,6 +566,7 @@ class RedisBroker:
             self._size,
             len(batch.entries),
             len(batch.activities),
+            secrets.token_hex(8),  # the nonce every entry of this publish carries
         ]
         for entry, delta in zip(batch.entries, batch.deltas, strict=True):
             after = encode_json(delta.after) if delta.after is not None else b""
@@ -521,6 +588,12 @@ class RedisBroker:
         except REDIS_ERRORS as exc:
             self._metrics.redis_errors.labels("publish").inc()
             raise BrokerUnavailable(f"Redis: {describe(exc)}") from exc
+        last = self._published or self._position
+        self._published = Position(
+            epoch,
+            batch.last_of(SESSIONS) or last.seq,
+            batch.last_of(ACTIVITIES) or last.activities_seq,
+        )
         if number > self._batch:
             self._own[number] = batch
             waiter = self._waiting.setdefault(number, asyncio.get_running_loop().create_future())
@@ -634,6 +707,10 @@ class RedisBroker:
             raise BrokerUnavailable(f"Redis: {describe(exc)}") from exc
         epoch = head[0].decode() if head[0] is not None else None
         seq, aseq = _int(head[1]), _int(head[2])
+        if epoch == self._position.epoch and self._went_back(seq, aseq, []):
+            # Numbering from the shared head would reuse seqs clients already hold: the
+            # reader starts a new epoch (within READ_BLOCK_MS); lead after that.
+            raise BrokerUnavailable(f"the shared history went back to seq {seq}")
         deadline = time.monotonic() + within
         while True:
             p = self._position
@@ -734,6 +811,8 @@ class RedisBroker:
         """Adopt the shared state anew (at start, at a baseline, after a loss)."""
         position, batch, ready, sessions = await self._load()
         self._position, self._batch, self.ready = position, batch, ready
+        self._last.clear()
+        self._published = None
         self._own.clear()
         self._release_waiters()
         if reason not in QUIET_RESETS:
@@ -743,6 +822,40 @@ class RedisBroker:
                 extra={"reason": reason, "epoch": position.epoch, "seq": position.seq},
             )
         self.on_reset(sessions, ready, reason)
+
+    async def _adopt_baseline(self) -> None:
+        """Adopt the leader's first complete listing *at the position delivered here*.
+
+        The leader may already have published after its baseline; the shared snapshot then
+        includes those deltas. Adopting it as it is would move this node past them without
+        delivering them, and a client that was `reset` into this epoch would miss them (a
+        silent gap). So the deltas in between are undone on the snapshot (each carries its
+        `before`), and the next read delivers them as usual.
+        """
+        position, _, ready, sessions = await self._load()
+        p = self._position
+        if position.epoch != p.epoch:
+            await self._resync("epoch_changed")
+            return
+        if not ready:  # a newer baseline is being written in parts: wait for it whole
+            return
+        if position.seq > p.seq:
+            key = self.keys.stream(p.epoch, SESSIONS)
+            rows: Any = await self._stream_redis.xrange(
+                key, min=f"{p.seq + 1}-0", max=f"{position.seq}-0"
+            )
+            if len(rows) != position.seq - p.seq:  # trimmed already: cannot be undone
+                await self._resync("gap")
+                return
+            for stream_id, fields in reversed(rows):
+                delta = _entry(SESSIONS, stream_id, fields)
+                before = _delta_decoder.decode(delta.payload).before
+                if before is None:
+                    sessions.pop(delta.session_id, None)
+                else:
+                    sessions[delta.session_id] = before
+        self.ready = True
+        self.on_reset(sessions, True, "baseline")
 
     async def _read_forever(self) -> None:
         """Read and deliver until cancelled; a failing Redis is retried with backoff."""
@@ -781,8 +894,12 @@ class RedisBroker:
             block=READ_BLOCK_MS,
         )
         # Read after the wait, so it says how things are now, not before the block.
-        pipe.hmget(self.keys.position, ["epoch", "seq", "baseline"])
-        found, head = await pipe.execute()
+        pipe.hmget(self.keys.position, ["epoch", "seq", "aseq", "baseline"])
+        # The entries this node delivered last, as the streams hold them now.
+        last = list(self._last.items())
+        for channel, (seq, _) in last:
+            pipe.xrange(self.keys.stream(p.epoch, channel), min=f"{seq}-0", max=f"{seq}-0")
+        found, head, *now = await pipe.execute()
         epoch = head[0].decode() if head[0] is not None else None
         if epoch is None:  # Redis came back empty, or was flushed
             await self._ensure_history()
@@ -791,14 +908,68 @@ class RedisBroker:
         if epoch != p.epoch:
             await self._resync("epoch_changed")
             return
-        if _int(head[1]) < p.seq:  # Redis came back with older data than was delivered
-            await self._resync("rolled_back")
+        checks = [(nonce, rows) for (_, (_, nonce)), rows in zip(last, now, strict=True)]
+        if self._went_back(_int(head[1]), _int(head[2]), checks):
+            await self._roll_over(epoch, _int(head[1]))
             return
-        if not self.ready and head[2] == b"1":
-            await self._resync("baseline")
+        if not self.ready and head[3] == b"1":
+            await self._adopt_baseline()
             return
         if found:
             await self._deliver_read(found)
+
+    def _went_back(self, seq: int, aseq: int, checks: list[tuple[bytes, list[Any]]]) -> bool:
+        """True when the shared head (seq, aseq) of this node's epoch is behind what this node
+        delivered or published, or an entry it delivered was since rewritten (`checks`: its
+        nonce, and the stream's entries at that seq now)."""
+        p = self._position
+        if seq < p.seq or aseq < p.activities_seq:
+            return True
+        published = self._published
+        if (
+            published is not None
+            and published.epoch == p.epoch
+            and (seq < published.seq or aseq < published.activities_seq)
+        ):
+            return True
+        return any(rows and rows[0][1].get(b"n", b"") != nonce for nonce, rows in checks)
+
+    async def _roll_over(self, epoch: str, seq: int) -> None:
+        """The shared history went back: start a new epoch, so no (epoch, seq) that a client
+        or a webhook receiver may hold is ever numbered again with other content.
+
+        Continuing from the older head would hand out seqs clients hold with other content
+        and repeat webhook ids; a new epoch makes every client `reset` instead. Any node that
+        notices does it (the script only acts while `epoch` is current, so one node does);
+        the lease and the fencing token are dropped with the old epoch, so the leader can
+        publish nothing more until a node is elected anew (from the snapshot Redis kept).
+        """
+        new = new_epoch()
+        keys = [
+            self.keys.position,
+            self.keys.webhooks,  # cursors count seqs of the old epoch: new endpoints now
+            self.keys.fence,
+            self.keys.leader,
+            self.keys.stream(epoch, SESSIONS),
+            self.keys.stream(epoch, ACTIVITIES),
+        ]
+        current: bytes | None = await self._scripts["roll_over"](keys=keys, args=[epoch, new])
+        if current is not None and current.decode() != new:  # another node was first
+            await self._resync("epoch_changed")
+            return
+        p = self._position
+        log.error(
+            "Shared history went back behind this node; a new epoch starts",
+            extra={
+                "epoch": epoch,
+                "newEpoch": new,
+                "deliveredSeq": p.seq,
+                "publishedSeq": self._published.seq if self._published is not None else None,
+                "sharedSeq": seq,
+            },
+        )
+        await self._ensure_history()  # Redis may have been emptied meanwhile
+        await self._resync(ROLLED_BACK)
 
     async def _deliver_read(self, found: list[Any]) -> None:
         """Group what XREAD returned into batches (by batch number) and deliver each."""
@@ -812,6 +983,7 @@ class RedisBroker:
                     number,
                     (int(deltas), int(activities)),
                     int(fields[b"t"]),
+                    fields.get(b"n", b""),
                     _entry(channel, stream_id, fields),
                 )
                 reads.setdefault(number, []).append(read)
@@ -837,6 +1009,10 @@ class RedisBroker:
                 activities[-1].seq if activities else p.activities_seq,
             )
             self._batch = number
+            if entries:
+                self._last[SESSIONS] = (entries[-1].seq, group[0].nonce)
+            if activities:
+                self._last[ACTIVITIES] = (activities[-1].seq, group[0].nonce)
             for sink in self._sinks:
                 sink.deliver(batch)
             self._metrics.stream_delay.observe(max(0.0, time.time() - group[0].published_ms / 1000))

@@ -230,6 +230,10 @@ class WebSocketEndpoint:
             # An empty snapshot now would never be corrected: the first poll is a baseline
             # and publishes nothing. Ask the client to come back, as GET /api/sessions does.
             return not_ready(self._state.health)
+        if wanted.since is not None and wanted.epoch in (None, self._broker.position.epoch):
+            # A client from a node further along: this node's reader may be a little behind
+            # the shared stream. Let it catch up (bounded) before `_attach` decides.
+            await self._broker.reach(wanted.since, wanted.activities_since)
         deflate = (
             negotiate_deflate(request.headers.getall(hdrs.SEC_WEBSOCKET_EXTENSIONS, []))
             if self._compression
