@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 import redis
@@ -14,7 +15,7 @@ from control_room.broker.redis import RedisBroker, stop_tasks
 from control_room.leader import Lease
 from control_room.metrics import ClusterMetrics
 from control_room.models import Snapshot
-from tests.broker.conftest import Recorder, lead
+from tests.broker.conftest import Recorder, lead, start_redis_broker
 from tests.broker.test_contract import TS, changes
 from tests.conftest import MS
 from tests.factories import session
@@ -225,3 +226,48 @@ async def test_a_baseline_read_after_later_deltas_is_adopted_where_the_node_is(
     # The snapshot as of seq 0 (the deltas since undone), then both deltas: no gap.
     assert resets[-1] == ("baseline", {"x": session("x", "COMPLETED")})
     assert [[e.seq for e in b.entries] for b in sink.batches] == [[1], [2]]
+
+
+async def test_a_head_read_before_this_leaders_own_publish_is_no_going_back(
+    redis_url: str, redis_prefix: str
+) -> None:
+    # Seen under load: the reader asked for the head, the leader's publish (on another
+    # connection) was answered first, then the reader compared the older head with what
+    # had been published since, and started a needless new epoch on a healthy cluster.
+    broker = await start_redis_broker(redis_url, redis_prefix)
+    resets: list[str] = []
+    broker.on_reset = lambda sessions, ready, reason: resets.append(reason)
+    sink = Recorder()
+    broker.add_sink(sink)
+    try:
+        await lead(broker)
+        await broker.publish(Batch(broker.stamp(changes("a"), TS)))
+        await until(lambda: broker.position.seq == 1)
+        held, release = asyncio.Event(), asyncio.Event()
+        stream_redis = broker._stream_redis
+        pipeline = stream_redis.pipeline
+
+        def holding_pipeline(*args: Any, **kwargs: Any) -> Any:
+            pipe = pipeline(*args, **kwargs)
+            execute = pipe.execute
+
+            async def execute_then_wait(*a: Any, **kw: Any) -> Any:
+                answer = await execute(*a, **kw)
+                if not release.is_set():  # this reply waits in the loop, as under load
+                    held.set()
+                    await release.wait()
+                return answer
+
+            pipe.execute = execute_then_wait
+            return pipe
+
+        stream_redis.pipeline = holding_pipeline  # type: ignore[method-assign]
+        epoch = broker.position.epoch
+        await asyncio.wait_for(held.wait(), 5)  # a head of seq 1 is on its way
+        await broker.publish(Batch(broker.stamp(changes("b", "c"), TS)))  # answered first
+        release.set()
+        await until(lambda: broker.position.seq == 3)
+        assert broker.position.epoch == epoch and resets == []
+        assert [e.session_id for b in sink.batches for e in b.entries] == ["a", "b", "c"]
+    finally:
+        await broker.stop()

@@ -345,6 +345,32 @@ async def stop_tasks(tasks: Sequence[asyncio.Task[Any]], clients: Sequence[aiore
         log.error("Redis tasks did not stop", extra={"tasks": [t.get_name() for t in pending]})
 
 
+def _went_back(
+    seq: int,
+    aseq: int,
+    delivered: Position,
+    published: Position | None,
+    checks: list[tuple[bytes, list[Any]]],
+) -> bool:
+    """True when the shared head (seq, aseq) of a node's epoch is behind what the node had
+    delivered or published when it asked for the head, or an entry it delivered was since
+    rewritten (`checks`: that entry's nonce, and the stream's entries at its seq now).
+
+    Both positions must be taken before the head is asked for: a publish answered later (on
+    another connection, while the head's reply waits in the loop) may be ahead of that head
+    without anything having gone back.
+    """
+    if seq < delivered.seq or aseq < delivered.activities_seq:
+        return True
+    if (
+        published is not None
+        and published.epoch == delivered.epoch
+        and (seq < published.seq or aseq < published.activities_seq)
+    ):
+        return True
+    return any(rows and rows[0][1].get(b"n", b"") != nonce for nonce, rows in checks)
+
+
 def _int(value: bytes | None, default: int = 0) -> int:
     return int(value) if value is not None else default
 
@@ -701,13 +727,14 @@ class RedisBroker:
         at the shared position, so its poller diffs against what every client has. Raises
         BrokerUnavailable when Redis fails or the reader does not get there within `within`.
         """
+        delivered, published = self._position, self._published  # as of asking (_read_once)
         try:
             head: list[Any] = await self.redis.hmget(self.keys.position, ["epoch", "seq", "aseq"])
         except REDIS_ERRORS as exc:
             raise BrokerUnavailable(f"Redis: {describe(exc)}") from exc
         epoch = head[0].decode() if head[0] is not None else None
         seq, aseq = _int(head[1]), _int(head[2])
-        if epoch == self._position.epoch and self._went_back(seq, aseq, []):
+        if epoch == delivered.epoch and _went_back(seq, aseq, delivered, published, []):
             # Numbering from the shared head would reuse seqs clients already hold: the
             # reader starts a new epoch (within READ_BLOCK_MS); lead after that.
             raise BrokerUnavailable(f"the shared history went back to seq {seq}")
@@ -885,6 +912,11 @@ class RedisBroker:
     async def _read_once(self) -> None:
         """Check the shared history is still ours, then read and deliver what is new."""
         p = self._position
+        # What this node had published when the read was sent: Redis answers the HMGET
+        # below after every publish whose reply came before, so the head it gives can be
+        # compared with this. A publish answered later (on another connection, while this
+        # reply waits in the loop) may be ahead of that head without anything going back.
+        published = self._published
         pipe = self._stream_redis.pipeline(transaction=False)
         pipe.xread(
             {
@@ -909,7 +941,7 @@ class RedisBroker:
             await self._resync("epoch_changed")
             return
         checks = [(nonce, rows) for (_, (_, nonce)), rows in zip(last, now, strict=True)]
-        if self._went_back(_int(head[1]), _int(head[2]), checks):
+        if _went_back(_int(head[1]), _int(head[2]), p, published, checks):
             await self._roll_over(epoch, _int(head[1]))
             return
         if not self.ready and head[3] == b"1":
@@ -917,22 +949,6 @@ class RedisBroker:
             return
         if found:
             await self._deliver_read(found)
-
-    def _went_back(self, seq: int, aseq: int, checks: list[tuple[bytes, list[Any]]]) -> bool:
-        """True when the shared head (seq, aseq) of this node's epoch is behind what this node
-        delivered or published, or an entry it delivered was since rewritten (`checks`: its
-        nonce, and the stream's entries at that seq now)."""
-        p = self._position
-        if seq < p.seq or aseq < p.activities_seq:
-            return True
-        published = self._published
-        if (
-            published is not None
-            and published.epoch == p.epoch
-            and (seq < published.seq or aseq < published.activities_seq)
-        ):
-            return True
-        return any(rows and rows[0][1].get(b"n", b"") != nonce for nonce, rows in checks)
 
     async def _roll_over(self, epoch: str, seq: int) -> None:
         """The shared history went back: start a new epoch, so no (epoch, seq) that a client
