@@ -154,43 +154,29 @@ class Subscribe(
     id: MessageId = None
 
 
-class ApprovePlan(
-    msgspec.Struct,
-    frozen=True,
-    kw_only=True,
-    forbid_unknown_fields=True,
-    tag="approvePlan",
-    tag_field="type",
+class _Command(
+    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="type"
 ):
-    """Approve the plan a session is waiting on."""
+    """What every command but `subscribe` shares: its message `type` (the tag), no fields
+    but its own, and the client's `id`, echoed in the `result`."""
 
-    sessionId: str
     id: MessageId = None
 
 
-class SendMessage(
-    msgspec.Struct,
-    frozen=True,
-    kw_only=True,
-    forbid_unknown_fields=True,
-    tag="sendMessage",
-    tag_field="type",
-):
+class ApprovePlan(_Command, frozen=True, kw_only=True, tag="approvePlan"):
+    """Approve the plan a session is waiting on."""
+
+    sessionId: str
+
+
+class SendMessage(_Command, frozen=True, kw_only=True, tag="sendMessage"):
     """Send the agent a message (an answer to its question, or new instructions)."""
 
     sessionId: str
     prompt: str
-    id: MessageId = None
 
 
-class CreateSession(
-    msgspec.Struct,
-    frozen=True,
-    kw_only=True,
-    forbid_unknown_fields=True,
-    tag="createSession",
-    tag_field="type",
-):
+class CreateSession(_Command, frozen=True, kw_only=True, tag="createSession"):
     """Start a new session; `repository` is `owner/repo` (absent: no repository)."""
 
     prompt: str
@@ -199,49 +185,24 @@ class CreateSession(
     title: str | None = None
     requirePlanApproval: bool | None = None
     autoCreatePullRequest: bool | None = None
-    id: MessageId = None
 
 
-class ArchiveSession(
-    msgspec.Struct,
-    frozen=True,
-    kw_only=True,
-    forbid_unknown_fields=True,
-    tag="archiveSession",
-    tag_field="type",
-):
+class ArchiveSession(_Command, frozen=True, kw_only=True, tag="archiveSession"):
     """Archive a session (Jules hides it from the default listing)."""
 
     sessionId: str
-    id: MessageId = None
 
 
-class UnarchiveSession(
-    msgspec.Struct,
-    frozen=True,
-    kw_only=True,
-    forbid_unknown_fields=True,
-    tag="unarchiveSession",
-    tag_field="type",
-):
+class UnarchiveSession(_Command, frozen=True, kw_only=True, tag="unarchiveSession"):
     """Bring an archived session back."""
 
     sessionId: str
-    id: MessageId = None
 
 
-class DeleteSession(
-    msgspec.Struct,
-    frozen=True,
-    kw_only=True,
-    forbid_unknown_fields=True,
-    tag="deleteSession",
-    tag_field="type",
-):
+class DeleteSession(_Command, frozen=True, kw_only=True, tag="deleteSession"):
     """Delete a session for good."""
 
     sessionId: str
-    id: MessageId = None
 
 
 Command = (
