@@ -24,6 +24,7 @@ from control_room.jules.requests import RequestCounter
 from control_room.messages import (
     ActivityDetail,
     ActivityPage,
+    ArchivedSessions,
     BadMessage,
     Command,
     CreateSession,
@@ -46,6 +47,11 @@ RETRY_STORE_S: Final = 5  # a store outage is retried by the poller each interva
 MAX_DELTAS_PER_PAGE: Final = 1_000  # one response stays a few MB at most
 DEFAULT_ACTIVITIES_PER_PAGE: Final = 100  # a whole timeline of a typical session
 MAX_ACTIVITIES_PER_PAGE: Final = 500
+DEFAULT_ARCHIVED_PER_PAGE: Final = 30  # a panel's worth; "Load more" reads on
+MAX_ARCHIVED_PER_PAGE: Final = 100  # Jules' own maximum pageSize for sessions.list
+MAX_PAGE_TOKEN_CHARS: Final = 1_024
+"""Jules' page tokens are opaque and short (tens of characters); a longer one is not one
+of theirs, and is refused before it costs a request."""
 """An activity is at most a few KB pushed (patches are cut to file summaries), so a page
 stays around a megabyte at most."""
 ACTIVITY_ID: Final = re.compile(r"[A-Za-z0-9_.~-]{1,128}")
@@ -114,6 +120,7 @@ class Api:
         stats_extra: Callable[[], dict[str, object]] | None = None,
         commands: Commands | None = None,
         sources: Callable[[], Awaitable[list[Source]]] | None = None,
+        archived: Callable[[int, str | None], Awaitable[ArchivedSessions]] | None = None,
         timelines: TimelineReader | None = None,
         requests: RequestCounter | None = None,
         poller: Callable[[], Poller | None] = lambda: None,
@@ -123,6 +130,7 @@ class Api:
         self._requests = requests
         self._poller = poller
         self._sources = sources
+        self._archived = archived
         self._guard = guard
         self._state = state  # a follower node has no poller: everything reads the state
         self._broker = broker
@@ -139,6 +147,8 @@ class Api:
         a = self._authed
         return [
             web.get("/api/sessions", a(self.sessions)),
+            # Before `{id}`: routes match in order, and Jules' ids are digits.
+            web.get("/api/sessions/archived", a(self.archived_sessions)),
             web.get("/api/sessions/{id}", a(self.session)),
             web.get("/api/sessions/{id}/activities", a(self.activities)),
             web.get("/api/sessions/{id}/activities/{activity_id}", a(self.activity)),
@@ -372,6 +382,43 @@ class Api:
         except UpstreamError as exc:
             return json_error(502, "upstream_unavailable", message=upstream_message(exc))
         return json_bytes(encode({"sources": sources}))
+
+    async def archived_sessions(self, request: web.Request) -> web.StreamResponse:
+        """`GET /api/sessions/archived?pageSize=&pageToken=`: one page of the archived
+        sessions, read from Jules on each call (`ArchivedSessions`); they are not polled.
+
+        400 for a bad parameter, 502 when Jules cannot be read, 503 without an upstream.
+        """
+        if self._archived is None:
+            return json_error(503, "commands_unavailable", message="no upstream to ask")
+        try:
+            size = parse_seq(
+                "pageSize", request.query.get("pageSize", str(DEFAULT_ARCHIVED_PER_PAGE))
+            )
+        except BadParameter as exc:
+            return json_error(400, "bad_request", parameter=exc.parameter, message=str(exc))
+        if not 1 <= size <= MAX_ARCHIVED_PER_PAGE:
+            return json_error(
+                400,
+                "bad_request",
+                parameter="pageSize",
+                message=f"pageSize: expected an integer from 1 to {MAX_ARCHIVED_PER_PAGE}",
+            )
+        token = request.query.get("pageToken") or None
+        if token is not None and (
+            len(token) > MAX_PAGE_TOKEN_CHARS or not token.isascii() or not token.isprintable()
+        ):
+            return json_error(
+                400,
+                "bad_request",
+                parameter="pageToken",
+                message="pageToken: expected a nextPageToken from an earlier page",
+            )
+        try:
+            page = await self._archived(size, token)
+        except UpstreamError as exc:
+            return json_error(502, "upstream_unavailable", message=upstream_message(exc))
+        return json_bytes(encode(page))
 
     async def deltas(self, request: web.Request) -> web.StreamResponse:
         """History after `since`, oldest first; 410 when `since` is older than retained."""

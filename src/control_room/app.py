@@ -260,6 +260,7 @@ class Service:
             stats_extra=self._stats_extra,
             commands=commands,
             sources=actions.list_sources if actions is not None else None,
+            archived=actions.list_archived if actions is not None else None,
             timelines=upstream,
             requests=self.requests,
             poller=self._current_poller,

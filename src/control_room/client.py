@@ -45,6 +45,7 @@ from control_room.messages import (
     ActivityMessage,
     ActivityPage,
     ApprovePlan,
+    ArchivedSessions,
     ArchiveSession,
     Command,
     CreateSession,
@@ -617,6 +618,21 @@ class ControlRoomClient:
         """The repositories Jules can work on (`GET /api/sources`), for `create_session`."""
         _, body = await self._call("GET", "/api/sources")
         return self._decode(body, dict[str, list[Source]], "/api/sources").get("sources", [])
+
+    async def archived_sessions(
+        self, page_token: str | None = None, page_size: int | None = None
+    ) -> ArchivedSessions:
+        """One page of the archived sessions, newest first (`GET /api/sessions/archived`),
+        read from Jules on each call; pass `nextPageToken` back for the next page.
+        UpstreamUnavailable when Jules cannot be read."""
+        query: dict[str, str] = {}
+        if page_size is not None:
+            query["pageSize"] = str(page_size)
+        if page_token:
+            query["pageToken"] = page_token
+        path = "/api/sessions/archived"
+        _, body = await self._call("GET", path, query)
+        return self._decode(body, ArchivedSessions, path)
 
     async def me(self) -> dict[str, bool]:
         """What this token may do (`GET /api/me`): `{"readOnly": bool, "commands": bool}`

@@ -237,6 +237,16 @@ class SessionList(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True)
     activitiesSeq: int | None = None
 
 
+class ArchivedSessions(msgspec.Struct, frozen=True, kw_only=True):
+    """`GET /api/sessions/archived`: one page of Jules' archived sessions, newest first.
+
+    Read from Jules on demand (archived sessions leave the polled listing); pass
+    `nextPageToken` back as `pageToken` for the next page (null on the last)."""
+
+    sessions: list[JulesSession]
+    nextPageToken: str | None = None
+
+
 class ActivityPage(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True):
     """`GET /api/sessions/{id}/activities`: one page, oldest first."""
 

@@ -1,4 +1,5 @@
-"""Commands sent to Jules on a user's behalf: approve, message, create, archive, delete.
+"""Commands sent to Jules on a user's behalf: approve, message, create, archive, delete;
+and the on-demand reads behind the dashboard's forms (sources, archived sessions).
 
 Unlike reads, these are never retried automatically: a `POST :sendMessage` whose answer was
 lost may well have been delivered, and sending it twice is worse than saying it failed.
@@ -24,9 +25,14 @@ from control_room.jules.client import (
     where,
 )
 from control_room.jules.mapping import map_session
-from control_room.jules.requests import RequestCounter, RequestKind
-from control_room.jules.types import session_decoder
-from control_room.messages import CreateSession
+from control_room.jules.requests import (
+    LIST_FIRST_PAGE,
+    LIST_NEXT_PAGE,
+    RequestCounter,
+    RequestKind,
+)
+from control_room.jules.types import ListSessionsResponse, session_decoder
+from control_room.messages import ArchivedSessions, CreateSession
 from control_room.models import JulesSession
 
 ACTION_TIMEOUT_S: Final = 20.0
@@ -34,6 +40,8 @@ ACTION_TIMEOUT_S: Final = 20.0
 few seconds, and a user who clicked is better served by a late success than a retry."""
 SOURCES_PAGE_SIZE: Final = 100  # the API's maximum
 MAX_SOURCE_PAGES: Final = 20  # 2,000 repositories: far beyond a person's; stops a token loop
+ARCHIVED_FILTER: Final = "archived = true"
+"""sessions.list's one working filter: archived sessions are hidden without it."""
 
 
 class Source(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True):
@@ -70,6 +78,7 @@ class _SourcesPage(msgspec.Struct, frozen=True):
 
 
 _sources_decoder: Final = msgspec.json.Decoder(_SourcesPage)
+_list_decoder: Final = msgspec.json.Decoder(ListSessionsResponse)
 
 
 def _source(raw: _Source) -> Source | None:
@@ -226,3 +235,29 @@ class JulesActions:
             if not token:
                 break
         return sources
+
+    async def list_archived(
+        self, page_size: int, page_token: str | None = None
+    ) -> ArchivedSessions:
+        """One page of the archived sessions (`GET /sessions?filter=archived = true`),
+        mapped; an entry that does not decode or names no session is left out."""
+        params = {"pageSize": str(page_size), "filter": ARCHIVED_FILTER}
+        if page_token:
+            params["pageToken"] = page_token
+        # Counted as the listing's own kinds: the same request, to the same quota.
+        kind: RequestKind = LIST_NEXT_PAGE if page_token else LIST_FIRST_PAGE
+        data = await self._call("GET", "/sessions", kind, params=params)
+        try:
+            page = _list_decoder.decode(data)
+        except msgspec.MsgspecError as exc:
+            detail = redact_key(f"archived sessions did not decode: {exc}", self._key())
+            raise UpstreamError("bad_response", detail) from None
+        sessions: list[JulesSession] = []
+        for raw in page.sessions or ():
+            try:
+                session = session_decoder.decode(raw)
+            except msgspec.MsgspecError:
+                continue
+            if session.session_id and not session.identity_conflict:
+                sessions.append(map_session(session))
+        return ArchivedSessions(sessions=sessions, nextPageToken=page.nextPageToken or None)
