@@ -1,5 +1,6 @@
 // The REST reads the control room's detail views need: who the token is, the repositories
-// Jules can work on, a session's timeline and one activity with its whole patches.
+// Jules can work on, the archived sessions, a session's timeline and one activity with its
+// whole patches.
 //
 // Every call resolves (never rejects) with {ok: true, body} or {ok: false, status, code,
 // message}, so callers show a sentence rather than handle exceptions. `status` 0 means the
@@ -9,6 +10,8 @@ const ACTIVITIES_PAGE_SIZE = 100; // the service's maximum page: fewest round tr
 // A real session has tens to a few hundred activities; this bounds a runaway timeline
 // (5,000 activities) so a detail view can never loop on pages for ever.
 const ACTIVITIES_PAGES_MAX = 50;
+// Each page is a request to Jules: a drawer's worth, with "Load more" for the rest.
+const ARCHIVED_PAGE_SIZE = 30;
 
 export class Api {
   /** The token every request presents (the page sets it when it gets one). */
@@ -49,6 +52,16 @@ export class Api {
   /** `GET /api/sources`: `{sources: [{name, repository, defaultBranch?, branches, ...}]}`. */
   sources() {
     return this.get('/api/sources');
+  }
+
+  /**
+   * `GET /api/sessions/archived`: one page of the archived sessions, newest first
+   * (`{sessions, nextPageToken}`); `pageToken` is the previous page's `nextPageToken`.
+   */
+  archived(pageToken = '') {
+    const query = new URLSearchParams({ pageSize: String(ARCHIVED_PAGE_SIZE) });
+    if (pageToken) query.set('pageToken', pageToken);
+    return this.get(`/api/sessions/archived?${query}`);
   }
 
   /**

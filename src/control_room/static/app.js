@@ -7,6 +7,7 @@
 // `#session=<id>` in the fragment opens that session's detail (links to it can be shared).
 
 import { Api } from './api.js';
+import { Archived } from './archived.js';
 import { Compose } from './compose.js';
 import { SessionDetail } from './detail.js';
 import { NeedsYou } from './needs.js';
@@ -55,6 +56,11 @@ const compose = new Compose(document, {
   api,
   commands,
   onCreated: (session) => detail.open(session.id, { hint: session }),
+});
+const archived = new Archived(document, {
+  api,
+  commands,
+  onUnarchived: (text) => dashboard.note(text),
 });
 dashboard.onOpen = openSession;
 let stream = null;
@@ -235,6 +241,7 @@ function showStatus(next) {
 
 function askForToken(message) {
   stream?.stop();
+  archived.close(); // what it shows was read with the token being replaced
   stream = null;
   panel.hidden = false;
   tokenError.hidden = !message;
@@ -291,7 +298,7 @@ function start(token) {
     },
   });
   // Exposed for the curious (and the browser tests): counters and the current position.
-  window.controlRoom = { stream, dashboard, timelines, needs, alerts, detail };
+  window.controlRoom = { stream, dashboard, timelines, needs, alerts, detail, archived };
   stream.start();
 }
 
@@ -333,6 +340,7 @@ changeTokenButton.addEventListener('click', () => {
   askForToken('');
 });
 $('new-session').addEventListener('click', () => compose.open());
+$('archived-open').addEventListener('click', () => archived.open());
 // Pasting a new `/#token=…` link into this tab does not reload the page: pick it up.
 window.addEventListener('hashchange', () => {
   if (takeTokenFromFragment()) startFromStorage();
