@@ -10,6 +10,7 @@ import pytest
 
 from control_room import poller as poller_module
 from control_room.app import Service
+from control_room.jules.client import JulesClient, RequestPolicy
 from control_room.jules.simulator import Simulator
 from tests.conftest import FAST_RETRY, MS, ServiceFactory, connect, nothing_more, receive_json
 
@@ -120,6 +121,24 @@ async def test_backoff_grows_and_honours_retry_after(service: Service, sim: Simu
     delay = await service.poller.poll_once()
     assert delay >= 7  # the upstream asked for 7 s; the poller waits at least that
     assert await service.poller.poll_once() == pytest.approx(0.05)
+
+
+async def test_a_retry_after_longer_than_the_page_budget_is_a_429_not_a_timeout(
+    service: Service, sim: Simulator
+) -> None:
+    # Seen: a 429 asking for 6 s inside a 2.5 s page budget was slept on until the budget
+    # cut it, reported as `upstream_timeout`, and the next poll came before the 6 s.
+    poller = service.poller
+    assert poller is not None and isinstance(poller.upstream, JulesClient)
+    poller.upstream._retry = RequestPolicy(timeout=1, attempts=3, retry_after_max=10)
+    poller._page_budget = 0.5
+    sim.requests.reset()
+    sim.faults.rate_limit(n=3, retry_after=2)
+    delay = await poller.poll_once()
+    assert poller.health.last_error_kind == "rate_limited"
+    assert "upstream_rate_limited" in poller.health.reasons()
+    assert delay >= 2  # the upstream's wish, left to the poller's backoff
+    assert sim.requests.page_calls == 1  # no retry inside the budget it could not wait in
 
 
 async def test_rejected_key_is_one_clear_error_and_no_retry_storm(

@@ -349,9 +349,10 @@ class JulesClient:
         self, params: dict[str, str], kind: RequestKind, index: int, budget: float | None
     ) -> ListSessionsResponse:
         """One page of the listing, retries included, within `budget` seconds (if given)."""
+        deadline = None if budget is None else asyncio.get_running_loop().time() + budget
         try:
             async with asyncio.timeout(budget):
-                return await self._get("/sessions", params, _list_decoder, kind)
+                return await self._get("/sessions", params, _list_decoder, kind, deadline)
         except TimeoutError:
             raise UpstreamError(
                 "timeout",
@@ -458,10 +459,14 @@ class JulesClient:
         params: dict[str, str],
         decoder: msgspec.json.Decoder[T],
         kind: RequestKind,
+        deadline: float | None = None,
     ) -> T:
         """GET and decode, retrying transient failures (a garbled body is one of them).
 
-        Each attempt is counted as a request of `kind`."""
+        Each attempt is counted as a request of `kind`. With a `deadline` (event-loop time), a
+        retry whose wait would end past it is not waited for: the last failure is raised as
+        it is (a 429 stays `rate_limited` with its `Retry-After` for the caller's backoff),
+        rather than being cut short by the caller's timeout and reported as one."""
         attempt = 0
         while True:
             attempt += 1
@@ -484,6 +489,8 @@ class JulesClient:
                     if error.retry_after > self._retry.retry_after_max:
                         raise error from None
                     delay = max(delay, error.retry_after)
+                if deadline is not None and asyncio.get_running_loop().time() + delay >= deadline:
+                    raise error from None
                 log.debug(
                     "Retrying upstream request",
                     extra={"path": path, "kind": error.kind, "attempt": attempt, "delay": delay},
