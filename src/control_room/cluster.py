@@ -440,11 +440,15 @@ class Cluster:
         shared: Any = await broker.redis.hget(keys.position, "seq")
         self.lag_events = max(0, int(shared or 0) - broker.position.seq)
         self._metrics.lag_events.set(self.lag_events)
+        term = self.term
         mine = {
             "clients": len(self._hub),
             "lagEvents": self.lag_events,
             "leader": self.leading,
             "seq": broker.position.seq,
+            # The leader's poller health (stable reasons, no error text): how followers'
+            # /api/stats can tell that Jules is failing, which their own /healthz cannot.
+            "health": term.poller.health.reasons() if term is not None else None,
             "at": time.time(),
         }
         pipe = broker.redis.pipeline(transaction=False)
@@ -483,8 +487,11 @@ class Cluster:
                         "nodeId": node,
                         "clients": report.get("clients"),
                         "lagEvents": report.get("lagEvents"),
-                        "leader": report.get("leader"),
+                        # Who holds the lease now, not what a node last said of itself:
+                        # a killed leader's report lingers until it is found stale.
+                        "leader": holder is not None and node == holder.node_id,
                         "seq": report.get("seq"),
+                        "health": report.get("health"),
                         "reportedSecondsAgo": round(now - float(report.get("at", now)), 3),
                     }
                     for node, report in sorted(self.nodes.items())

@@ -294,3 +294,25 @@ async def test_a_resume_from_a_node_further_along_waits_for_this_nodes_reader(
     reset = await receive_json(ahead)
     assert (reset["type"], reset["reason"]) == ("reset", "ahead_of_server")
     assert time.perf_counter() - started < redis_broker.REACH_WAIT_S
+
+
+async def test_a_followers_stats_show_the_leaders_upstream_health(
+    http: aiohttp.ClientSession, make_node: NodeFactory, sim: Simulator
+) -> None:
+    a = await make_node()
+    leader = await leading(a)
+    b = await make_node()
+    await following(b)
+    sim.faults.fail(n=1000, status=401)  # the key is rejected: only the leader asks Jules
+    await leader.poll_once()
+
+    def row(stats: dict[str, Any], node: str) -> dict[str, Any]:
+        return next((n for n in stats["cluster"]["nodes"] if n["nodeId"] == node), {})
+
+    async with asyncio.timeout(10):
+        while True:
+            stats = await get(http, b, "/api/stats")
+            if "upstream_unauthorized" in (row(stats, "node-1").get("health") or []):
+                break
+            await asyncio.sleep(0.05)
+    assert row(stats, "node-2")["health"] is None  # a follower does not poll Jules
