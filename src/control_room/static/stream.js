@@ -67,6 +67,7 @@ export class Stream {
   #ws = null;
   #generation = 0; // bumps on every connect: async work of an older attempt drops its result
   #position = null; // {epoch, seq} of the last applied message; null = need a snapshot
+  #refusedOnce = false; // the last upgrade with #position was refused by a serving server
   #activitiesSeq = null; // last applied seq of the activities channel; null = unknown
   #buffer = null; // live messages (deltas and activities) held while a reset's reload runs
   #pending = new Map(); // command id -> {resolve, timer}: commands awaiting their result
@@ -221,6 +222,7 @@ export class Stream {
     ws.onopen = () => {
       openedAt = performance.now();
       this.#failures = 0;
+      this.#refusedOnce = false;
       // A resume with nothing missed sends no message at all: open means caught up.
       if (this.#position !== null && this.#buffer === null) this.#live();
     };
@@ -242,8 +244,16 @@ export class Stream {
     const probe = await this.#fetchSessions({ wantBody: false });
     if (generation !== this.#generation || this.#stopped) return;
     if (probe.kind !== 'ok') return this.#notServing(probe);
-    // The server is up and takes the token, yet refused the socket: most likely a 400 for
-    // a resume position it does not know. A snapshot is always a valid way back in.
+    // The server is up and takes the token, yet refused the socket. Once, that may have
+    // been a 503 not_ready that ended since (a restarted service's first poll): resume
+    // again, so what happened meanwhile arrives as a reset or a replay. Twice, it is most
+    // likely a 400 for a resume position it does not know: a snapshot is always a valid
+    // way back in.
+    if (this.#position !== null && !this.#refusedOnce) {
+      this.#refusedOnce = true;
+      return this.#retryLater({ cause: 'refused', detail: 'connection refused' });
+    }
+    this.#refusedOnce = false;
     this.#position = null;
     this.#activitiesSeq = null;
     this.#retryLater({ cause: 'refused', detail: 'connection refused' });
