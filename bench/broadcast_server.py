@@ -71,7 +71,7 @@ class StubUpstream:
         """The first page of no sessions: a complete listing."""
         return FirstPage([], more=False)
 
-    async def get_session(self, session_id: str) -> Session | None:
+    async def get_session(self, session_id: str, deadline: float | None = None) -> Session | None:
         """No session exists."""
         return None
 

@@ -111,8 +111,9 @@ class Upstream(Protocol):
         """The newest sessions (the first page) and whether more pages follow; UpstreamError
         (a `timeout` past `page_budget` seconds)."""
 
-    async def get_session(self, session_id: str) -> Session | None:
-        """That very session, None when it does not exist, or UpstreamError."""
+    async def get_session(self, session_id: str, deadline: float | None = None) -> Session | None:
+        """That very session, None when it does not exist, or UpstreamError; no retry waits
+        past `deadline` (event-loop time), the last failure is raised instead."""
 
     async def list_activities(self, session_id: str, after: str | None) -> ActivityListing | None:
         """The session's activities created after `after` (all: None), oldest first; None
@@ -791,7 +792,7 @@ class Poller:
 
         async def check(sid: str) -> None:
             async with gate:
-                checks[sid] = await self._check_one(sid)
+                checks[sid] = await self._check_one(sid, deadline)
 
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout_at(deadline), asyncio.TaskGroup() as group:
@@ -803,9 +804,9 @@ class Poller:
             self._metrics.deletion_checks.labels(outcome.value).inc()
         return checks
 
-    async def _check_one(self, sid: str) -> Check:
+    async def _check_one(self, sid: str, deadline: float) -> Check:
         try:
-            found = await self.upstream.get_session(sid)
+            found = await self.upstream.get_session(sid, deadline)
         except UpstreamError as exc:
             return Check(Outcome.UNKNOWN, why=exc.detail)
         if found is None or found.archived:

@@ -176,7 +176,7 @@ class PageShift:
         kept = [raw for raw in page.sessions if session_decoder.decode(raw).id not in self.hide]
         return FirstPage(kept, page.more)
 
-    async def get_session(self, session_id: str) -> Session | None:
+    async def get_session(self, session_id: str, deadline: float | None = None) -> Session | None:
         return await self.client.get_session(session_id)
 
     async def list_activities(self, session_id: str, after: str | None) -> ActivityListing | None:

@@ -17,7 +17,7 @@ import pytest
 from control_room import render
 from control_room.app import Service
 from control_room.client import ControlRoomClient
-from control_room.jules.client import MAX_PAGES
+from control_room.jules.client import MAX_PAGES, JulesClient, RequestPolicy
 from tests.conftest import TOKEN, ServiceFactory, connect, nothing_more, receive_json, receive_n
 from tests.fake_upstream import FakeUpstream, Reply, session
 
@@ -214,6 +214,29 @@ async def test_a_404_that_is_not_the_apis_own_is_no_confirmation(
     assert "1" in await listed_ids(http, service)
     (kept,) = [r for r in caplog.records if r.getMessage().startswith("Sessions missing")]
     assert "HTTP 404" in kept.__dict__["error"]  # why the deletion is not confirmed
+
+
+async def test_a_check_that_cannot_wait_for_its_retry_says_what_jules_answered(
+    http: aiohttp.ClientSession,
+    fake: FakeUpstream,
+    make_fake_service: ServiceFactory,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Seen: a check answered 503 + Retry-After was slept on until the check budget cut it,
+    # and the warning said "no answer within … s" although Jules had answered.
+    fake.add(2)
+    service = await make_fake_service()
+    poller = service.poller
+    assert poller is not None and isinstance(poller.upstream, JulesClient)
+    poller.upstream._retry = RequestPolicy(timeout=1, attempts=3, retry_after_max=10)
+    poller._check_budget = 0.3
+    fake.hidden = {"1"}
+    fake.get_replies["1"].extend(Reply(503, headers={"Retry-After": "2"}) for _ in range(3))
+    with caplog.at_level(logging.WARNING, logger="control_room"):
+        await poll(service)
+    assert "1" in await listed_ids(http, service)
+    (kept,) = [r for r in caplog.records if r.getMessage().startswith("Sessions missing")]
+    assert "HTTP 503" in kept.__dict__["error"], kept.__dict__["error"]
 
 
 # --- 6: odd records ---------------------------------------------------------------------------

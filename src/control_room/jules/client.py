@@ -425,8 +425,11 @@ class JulesClient:
             log.info("Upstream pages are back within the asked size")
         self._oversized_pages = oversized
 
-    async def get_session(self, session_id: str) -> Session | None:
+    async def get_session(self, session_id: str, deadline: float | None = None) -> Session | None:
         """One session, or None when the API says it does not exist (404 NOT_FOUND).
+
+        With a `deadline` (event-loop time), a retry that could not be waited for before it
+        is not waited for: the last failure is raised as it is (see `_get`).
 
         An answer that is not the session asked for (no id and name, another session's,
         or id and name disagreeing) is a `bad_response`: never taken for that session.
@@ -434,7 +437,7 @@ class JulesClient:
         """
         path = f"/sessions/{session_id}"
         try:
-            session = await self._get(path, {}, session_decoder, GET_SESSION)
+            session = await self._get(path, {}, session_decoder, GET_SESSION, deadline)
         except UpstreamError as exc:
             if exc.status == 404 and exc.api_status == NOT_FOUND:
                 return None
