@@ -71,6 +71,10 @@ hanging page delays the sessions it does not hold only."""
 MIN_PAGE_BUDGET_S: Final = 1.0
 """...but at least a second: with a very short interval a page must still be able to
 answer."""
+OVERRUN_CALM_POLLS: Final = 3
+"""Polls within their interval before "back within" is logged: a listing cut by its page
+budget overruns one poll in a few, and a warning/info pair each time is noise, not news."""
+
 CHECK_BUDGET_SHARE: Final = 0.5
 """The checks that follow a listing (deletion checks, listing a torn listing again, working
 sessions read one by one) share half a poll interval: the poll still ends within about its
@@ -179,6 +183,8 @@ class Poller:
             else max(MIN_CHECK_BUDGET_S, interval * CHECK_BUDGET_SHARE)
         )
         self._page_budget = max(MIN_PAGE_BUDGET_S, interval * PAGE_BUDGET_SHARE)
+        self._overrunning = False  # an overrun was logged and "back within" not yet
+        self._calm_polls = 0  # polls within the interval since the last overrun
         self._activity_budget = max(MIN_ACTIVITY_BUDGET_S, interval * ACTIVITY_BUDGET_SHARE)
         self._incomplete = 0  # complete listings in a row cut short by a failed page
         self._persist = persist
@@ -876,13 +882,20 @@ class Poller:
         overran = seconds > self._interval
         if overran:
             self._metrics.poll_overruns.inc()
-            if not health.last_poll_overran:
+            self._calm_polls = 0
+            if not self._overrunning:
+                self._overrunning = True
                 log.warning(
                     "Poll overran its interval; changes are late",
                     extra={"pollSeconds": round(seconds, 3), "interval": self._interval},
                 )
-        elif health.last_poll_overran:
-            log.info("Polls back within their interval", extra={"pollSeconds": round(seconds, 3)})
+        elif self._overrunning:
+            self._calm_polls += 1
+            if self._calm_polls >= OVERRUN_CALM_POLLS:
+                self._overrunning = False
+                log.info(
+                    "Polls back within their interval", extra={"pollSeconds": round(seconds, 3)}
+                )
         health.last_poll_overran = overran
 
     async def _persisted(self, batch: Batch, sessions: Snapshot) -> bool:

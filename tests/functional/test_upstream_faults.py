@@ -188,3 +188,24 @@ async def test_service_waits_for_the_first_poll_before_serving_sessions(
     await service.poller.poll_once()
     async with http.get(service.url + "/readyz") as resp:
         assert resp.status == 200
+
+
+async def test_overruns_that_come_and_go_are_one_warning_until_polls_stay_calm(
+    service: Service, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Seen: while a listing stayed incomplete, every few polls overran, and each time the
+    # log said "overran" and "back within" again.
+    poller = service.poller
+    assert poller is not None
+    long, short = poller._interval * 2, poller._interval / 10
+    with caplog.at_level(logging.INFO, logger="control_room.poller"):
+        for seconds in (long, short, long, short, short, long, short, short, short, short):
+            poller._paced(seconds)
+    said = [r.getMessage() for r in caplog.records if "interval" in r.getMessage()]
+    assert said == [
+        "Poll overran its interval; changes are late",
+        "Polls back within their interval",  # after OVERRUN_CALM_POLLS calm polls in a row
+    ]
+    assert poller.health.last_poll_overran is False  # /healthz still follows the last poll
+    poller._paced(long)
+    assert poller.health.last_poll_overran is True
