@@ -24,7 +24,8 @@ BURST_SESSIONS = 1000
 BURST_DELTAS = 500
 # Measured on a loaded 2-CPU container with software rendering: 200-370 ms longest frame and
 # 0.6-1.2 s to settle. A real <table> layout of 1,000 rows took 1.1-1.9 s per frame there:
-# these bounds catch that kind of regression without flaking on a busy CI machine.
+# these bounds catch that kind of regression without flaking on a busy CI machine (where one
+# frame of 800 ms was seen while the other test worker ran).
 MAX_FRAME_GAP_MS = 750 * SCALE
 MAX_SETTLE_S = 3.0 * SCALE
 
@@ -271,9 +272,9 @@ async def test_page_recovers_after_the_server_restarts(
 
 
 FRAME_GAP_PROBE = """() => {
-  const probe = { max: 0, last: performance.now(), running: true };
+  const probe = { gaps: [], last: performance.now(), running: true };
   const loop = (now) => {
-    probe.max = Math.max(probe.max, now - probe.last);
+    probe.gaps.push(now - probe.last);
     probe.last = now;
     if (probe.running) requestAnimationFrame(loop);
   };
@@ -307,14 +308,18 @@ async def test_thousand_sessions_and_a_burst_of_500_deltas_do_not_freeze_the_pag
     )
     settle = time.perf_counter() - started
     await asyncio.sleep(100 * MS)  # a few more frames, so a long last frame is measured
-    max_gap = await page.evaluate("window.frameProbe.running = false, window.frameProbe.max")
+    gaps = await page.evaluate("window.frameProbe.running = false, window.frameProbe.gaps")
+    longest, second = sorted(gaps, reverse=True)[:2]
 
     print(
         f"\n1,000 sessions first load {first_load:.2f}s; 500 deltas settled in {settle:.3f}s,"
-        f" longest frame gap {max_gap:.0f} ms"
+        f" longest frame gaps {longest:.0f} and {second:.0f} ms"
     )
     assert settle < MAX_SETTLE_S
-    assert max_gap < MAX_FRAME_GAP_MS
+    # One long frame may be the machine's (the other test worker, the collector); a layout
+    # regression makes every frame of the burst long, so the second longest catches it.
+    assert second < MAX_FRAME_GAP_MS
+    assert longest < 2 * MAX_FRAME_GAP_MS
     assert await page.get_by_test_id("feed-item").count() == 50  # the feed stays a glance
 
 
