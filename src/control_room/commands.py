@@ -115,17 +115,12 @@ def upstream_error_code(exc: UpstreamError) -> ErrorCode:
     return "upstream_unavailable"
 
 
-ANSWERED_KINDS: Final = frozenset(
-    {"server_error", "rate_limited", "client_error", "unauthorized", "bad_response"}
-)  # the failures where Jules did answer; the others (network, timeout) never reached it
-
-
 def upstream_message(exc: UpstreamError) -> str:
     """What a client is told of an upstream failure, in one line: `Jules answered: …` only
     when Jules did answer; `Jules did not answer: …` when the request got no usable answer
     (connection refused, timeout, an answer cut short), so nobody is told Jules said
     something it did not."""
-    if exc.kind in ANSWERED_KINDS or exc.status is not None:
+    if exc.answered:
         return f"Jules answered: {exc.detail}"
     return f"Jules did not answer: {exc.detail}"
 

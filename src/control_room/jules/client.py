@@ -147,6 +147,12 @@ class UpstreamError(Exception):
         )
 
     @property
+    def answered(self) -> bool:
+        """Whether Jules answered at all (an error status or an unusable body), as opposed to
+        no usable answer: connection refused, reset, cut short, timed out."""
+        return self.kind not in ("timeout", "network")
+
+    @property
     def retryable(self) -> bool:
         """Whether trying again soon can help (not for a rejected key or a bad request)."""
         return self.kind in ("timeout", "network", "server_error", "rate_limited", "bad_response")
