@@ -444,7 +444,6 @@ class Cluster:
         mine = {
             "clients": len(self._hub),
             "lagEvents": self.lag_events,
-            "leader": self.leading,
             "seq": broker.position.seq,
             # The leader's poller health (stable reasons, no error text): how followers'
             # /api/stats can tell that Jules is failing, which their own /healthz cannot.
