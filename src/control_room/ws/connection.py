@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Final, Protocol
 
 from control_room.auth import Principal
@@ -25,6 +25,7 @@ from control_room.ws.reader import (
     OP_CLOSE,
     OP_PING,
     Control,
+    Event,
     Message,
     ProtocolViolation,
     Reader,
@@ -155,13 +156,11 @@ class Connection(asyncio.Protocol):
                 "message_too_big" if exc.code == 1009 else "protocol_error",
             )
             return
-        for event in events:
+        for index, event in enumerate(events):
             self.alive = True
             if self._linger is not None:  # we closed mid-read: only its close frame matters
-                if isinstance(event, Control) and event.opcode == OP_CLOSE:
-                    self.transport.close()
-                    return
-                continue
+                self._end_on_close_frame(events[index:])
+                return
             if isinstance(event, Control):
                 self._control(event)
             elif self._owner is not None and self.close_reason is None:
@@ -198,8 +197,13 @@ class Connection(asyncio.Protocol):
         except ProtocolViolation:
             self._reader = None
             return
+        self._end_on_close_frame(events)
+
+    def _end_on_close_frame(self, events: Sequence[Event]) -> None:
+        """After our close frame: if the client's is among `events`, close the socket (the
+        client sends nothing more, so no reset); the rest is discarded."""
         if any(isinstance(e, Control) and e.opcode == OP_CLOSE for e in events):
-            self.transport.close()  # the client sends nothing more: no reset
+            self.transport.close()
 
     def eof_received(self) -> bool:
         """The client half-closed: close our side too."""
